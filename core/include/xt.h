@@ -1,0 +1,326 @@
+/*
+ * xt.h: the one public header of libxt, the C core of xlua.
+ *
+ * Read it top to bottom as a tour: dtypes and errors, the tensor, lifetime,
+ * creation, views, element-wise ops, reductions, linear algebra, autograd, files.
+ *
+ * The region between XT_API_BEGIN and XT_API_END is handed to LuaJIT's
+ * ffi.cdef verbatim (tools/gen_cdef.lua extracts it at build time), so it
+ * holds no preprocessor lines: constants are enums, and every type is spelled
+ * out.
+ *
+ * Conventions
+ *  - Every function that returns xt_tensor* returns a new reference (+1) that
+ *    the caller releases with xt_tensor_release, or NULL on error. Every
+ *    function that can fail without returning a pointer returns xt_status.
+ *    On failure, xt_last_error() holds a message naming the op and what was
+ *    wrong; the core never aborts or exits on user input.
+ *  - Dimensions are 0-based here and may be negative (counted from the end).
+ *    Functions that read or write index values take `base`: the value that
+ *    denotes the first element (Lua passes 1, C callers 0).
+ *  - Shapes use N batch, T time, D/C features or channels, H W image size.
+ *  - An op whose input requires grad, while grad mode is on, records an
+ *    autograd node on its result; xt_backward walks those nodes.
+ */
+#ifndef XT_H
+#define XT_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* XT_API_BEGIN */
+
+enum { XT_MAX_DIMS = 8 };
+
+typedef enum xt_dtype {
+    XT_FLOAT32 = 0,
+    XT_INT64 = 1,
+    XT_UINT8 = 2
+} xt_dtype;
+
+typedef enum xt_status {
+    XT_OK = 0,
+    XT_ERR_ARG = 1,      /* a bad argument: dim out of range, wrong count, ... */
+    XT_ERR_SHAPE = 2,    /* shapes that do not fit together */
+    XT_ERR_DTYPE = 3,    /* a dtype the op does not take */
+    XT_ERR_OOM = 4,      /* an allocation failed */
+    XT_ERR_IO = 5,       /* a file could not be read or written, or is corrupt */
+    XT_ERR_STATE = 6     /* misuse of state: freed graph, in-place on saved tensor */
+} xt_status;
+
+/* ---- errors (thread-local) ---------------------------------------------- */
+
+const char *xt_last_error(void);       /* message of the last failure on this thread */
+xt_status xt_last_status(void);
+void xt_clear_error(void);
+
+/* ---- context: threads, grad mode, memory accounting ---------------------- */
+
+void xt_set_num_threads(int32_t n);    /* OpenMP and OpenBLAS together; n <= 0: all cores */
+int32_t xt_get_num_threads(void);
+int32_t xt_is_grad_enabled(void);
+int32_t xt_set_grad_enabled(int32_t enabled);   /* returns the previous mode */
+int64_t xt_live_bytes(void);            /* bytes held by live storages now */
+int64_t xt_allocated_bytes_total(void); /* bytes ever allocated (monotone), for GC pacing */
+int64_t xt_cached_bytes(void);          /* freed large blocks kept for reuse (at most 1 GiB) */
+void xt_empty_cache(void);              /* return the cached blocks to the system */
+const char *xt_version(void);
+/* Dims and indices in error messages count from this base (Lua sets 1; default 0). */
+void xt_set_message_base(int32_t base);
+
+/* ---- random numbers ------------------------------------------------------
+ * Philox4x32-10, counter based: element i of a draw depends only on (seed,
+ * offset + i), so results do not depend on the number of threads. A draw of
+ * n values advances offset; saving {seed, offset} saves the generator. */
+
+typedef struct xt_rng {
+    uint64_t seed;
+    uint64_t offset;
+} xt_rng;
+
+xt_rng *xt_default_rng(void);
+void xt_rng_seed(xt_rng *rng, uint64_t seed);
+
+/* ---- the tensor ---------------------------------------------------------
+ * A strided view on a reference-counted storage. The fields are readable from
+ * Lua; only the library writes them. */
+
+typedef struct xt_storage xt_storage;
+typedef struct xt_node xt_node;
+
+typedef struct xt_tensor {
+    int64_t shape[XT_MAX_DIMS];
+    int64_t strides[XT_MAX_DIMS];  /* in elements; 0 for an expanded dim */
+    int64_t offset;                /* in elements, from the storage's start */
+    void *data;                    /* storage data + offset * element size */
+    int32_t ndim;
+    int32_t dtype;                 /* an xt_dtype */
+    int32_t refcount;
+    int32_t requires_grad;
+    xt_storage *storage;           /* owned reference */
+    struct xt_tensor *grad;        /* owned; NULL until a backward fills it */
+    xt_node *grad_fn;              /* owned; NULL for leaves and constants */
+} xt_tensor;
+
+void xt_tensor_retain(xt_tensor *t);
+void xt_tensor_release(xt_tensor *t);      /* NULL is a no-op; never fails */
+int64_t xt_numel(const xt_tensor *t);
+int32_t xt_is_contiguous(const xt_tensor *t);
+int64_t xt_dtype_size(int32_t dtype);
+const char *xt_dtype_name(int32_t dtype);
+uint32_t xt_tensor_version(const xt_tensor *t);   /* bumped by in-place ops */
+
+/* ---- creation ------------------------------------------------------------ */
+
+xt_tensor *xt_empty(int32_t ndim, const int64_t *shape, int32_t dtype);
+xt_tensor *xt_zeros(int32_t ndim, const int64_t *shape, int32_t dtype);
+xt_tensor *xt_full(int32_t ndim, const int64_t *shape, int32_t dtype, double value);
+xt_tensor *xt_from_data(int32_t ndim, const int64_t *shape, int32_t dtype, const void *data);
+xt_tensor *xt_arange(double start, double end, double step, int32_t dtype);
+xt_tensor *xt_linspace(double start, double end, int64_t steps, int32_t dtype);
+xt_tensor *xt_eye(int64_t n, int64_t m, int32_t dtype);
+xt_tensor *xt_rand(xt_rng *rng, int32_t ndim, const int64_t *shape);    /* U[0,1) float32 */
+xt_tensor *xt_randn(xt_rng *rng, int32_t ndim, const int64_t *shape);   /* N(0,1) float32 */
+xt_tensor *xt_randint(xt_rng *rng, int64_t low, int64_t high, int32_t ndim,
+                      const int64_t *shape);                           /* [low,high) int64 */
+xt_tensor *xt_randperm(xt_rng *rng, int64_t n, int64_t base);          /* base..base+n-1 */
+
+/* In-place fills; they bump the version and refuse leaves that require grad
+ * while grad mode is on. */
+xt_status xt_fill_(xt_tensor *t, double value);
+xt_status xt_copy_(xt_tensor *dst, xt_tensor *src);      /* src broadcasts to dst; any dtypes */
+xt_status xt_uniform_(xt_tensor *t, xt_rng *rng, double low, double high);
+xt_status xt_normal_(xt_tensor *t, xt_rng *rng, double mean, double std);
+xt_status xt_bernoulli_(xt_tensor *t, xt_rng *rng, double p);   /* 1 with probability p */
+
+/* ---- views and data movement --------------------------------------------
+ * Views share storage with their input; the rest allocate. */
+
+xt_tensor *xt_view(xt_tensor *t, int32_t ndim, const int64_t *shape);    /* one -1 allowed */
+xt_tensor *xt_reshape(xt_tensor *t, int32_t ndim, const int64_t *shape); /* view, else copy */
+xt_tensor *xt_permute(xt_tensor *t, int32_t ndim, const int32_t *dims);
+xt_tensor *xt_transpose(xt_tensor *t, int32_t dim0, int32_t dim1);
+xt_tensor *xt_narrow(xt_tensor *t, int32_t dim, int64_t start, int64_t length);
+xt_tensor *xt_select(xt_tensor *t, int32_t dim, int64_t index);
+xt_tensor *xt_squeeze(xt_tensor *t, int32_t dim);
+xt_tensor *xt_squeeze_all(xt_tensor *t);
+xt_tensor *xt_unsqueeze(xt_tensor *t, int32_t dim);
+xt_tensor *xt_expand(xt_tensor *t, int32_t ndim, const int64_t *shape);  /* -1 keeps a dim */
+xt_tensor *xt_flatten(xt_tensor *t, int32_t start_dim, int32_t end_dim);
+xt_tensor *xt_contiguous(xt_tensor *t);   /* t itself (+1) when already contiguous */
+xt_tensor *xt_clone(xt_tensor *t);
+xt_tensor *xt_detach(xt_tensor *t);       /* shares storage, no grad history */
+xt_tensor *xt_to_dtype(xt_tensor *t, int32_t dtype);
+
+xt_tensor *xt_cat(int32_t n, xt_tensor *const *tensors, int32_t dim);
+xt_tensor *xt_stack(int32_t n, xt_tensor *const *tensors, int32_t dim);
+xt_tensor *xt_index_select(xt_tensor *t, int32_t dim, xt_tensor *index, int64_t base);
+xt_tensor *xt_gather(xt_tensor *t, int32_t dim, xt_tensor *index, int64_t base);
+/* out = t with src added at index along dim (out of place) */
+xt_tensor *xt_scatter_add(xt_tensor *t, int32_t dim, xt_tensor *index, xt_tensor *src,
+                          int64_t base);
+xt_tensor *xt_masked_fill(xt_tensor *t, xt_tensor *mask, double value);  /* mask uint8 */
+xt_tensor *xt_where(xt_tensor *cond, xt_tensor *a, xt_tensor *b);        /* cond uint8 */
+
+/* ---- element-wise ---------------------------------------------------------
+ * Binary ops broadcast with NumPy rules. float32 op int64/uint8 computes in
+ * float32; int64 op int64 stays int64 (XT_DIV always gives float32);
+ * comparisons give uint8 (0/1). */
+
+typedef enum xt_unary_op {
+    XT_NEG = 0, XT_ABS, XT_EXP, XT_LOG, XT_SQRT, XT_RSQRT, XT_TANH, XT_SIGMOID,
+    XT_RELU, XT_GELU, XT_SILU, XT_SIN, XT_COS, XT_ELU, XT_LOG1P, XT_EXPM1,
+    XT_SIGN, XT_FLOOR, XT_CEIL, XT_ROUND, XT_SQUARE, XT_RECIPROCAL,
+    XT_UNARY_OP_COUNT
+} xt_unary_op;
+
+typedef enum xt_binary_op {
+    XT_ADD = 0, XT_SUB, XT_MUL, XT_DIV, XT_POW, XT_MAXIMUM, XT_MINIMUM,
+    XT_EQ, XT_NE, XT_LT, XT_LE, XT_GT, XT_GE,
+    XT_BINARY_OP_COUNT
+} xt_binary_op;
+
+xt_tensor *xt_unary(int32_t op, xt_tensor *x);
+xt_tensor *xt_binary(int32_t op, xt_tensor *a, xt_tensor *b);
+/* a op s, or s op a when reversed != 0 (2 - x, 2 / x, 2 ^ x) */
+xt_tensor *xt_binary_scalar(int32_t op, xt_tensor *a, double s, int32_t reversed);
+xt_tensor *xt_clamp(xt_tensor *x, double low, double high);   /* +-inf for no bound */
+xt_tensor *xt_leaky_relu(xt_tensor *x, double slope);
+/* In-place a op= b (b broadcasts to a); no autograd node, bumps the version. */
+xt_status xt_binary_(int32_t op, xt_tensor *a, xt_tensor *b);
+xt_status xt_binary_scalar_(int32_t op, xt_tensor *a, double s);
+
+/* ---- reductions -----------------------------------------------------------
+ * Over the listed dims (ndims == 0: all dims). float32 sums accumulate in double. */
+
+typedef enum xt_reduce_op {
+    XT_SUM = 0, XT_MEAN, XT_MAX, XT_MIN, XT_PROD, XT_LOGSUMEXP,
+    XT_REDUCE_OP_COUNT
+} xt_reduce_op;
+
+xt_tensor *xt_reduce(int32_t op, xt_tensor *x, int32_t ndims, const int32_t *dims,
+                     int32_t keepdim);
+xt_tensor *xt_var(xt_tensor *x, int32_t ndims, const int32_t *dims, double correction,
+                  int32_t keepdim);
+/* max/min along one dim with the position of the extreme (int64, from base). */
+xt_tensor *xt_max_dim(xt_tensor *x, int32_t dim, int32_t keepdim, int64_t base,
+                      xt_tensor **indices);
+xt_tensor *xt_min_dim(xt_tensor *x, int32_t dim, int32_t keepdim, int64_t base,
+                      xt_tensor **indices);
+xt_tensor *xt_argmax(xt_tensor *x, int32_t dim, int32_t keepdim, int64_t base);
+xt_tensor *xt_argmin(xt_tensor *x, int32_t dim, int32_t keepdim, int64_t base);
+xt_tensor *xt_cumsum(xt_tensor *x, int32_t dim);
+xt_tensor *xt_softmax(xt_tensor *x, int32_t dim);
+xt_tensor *xt_log_softmax(xt_tensor *x, int32_t dim);
+/* Sum x down to shape (the inverse of broadcasting); used for gradients. */
+xt_tensor *xt_sum_to(xt_tensor *x, int32_t ndim, const int64_t *shape);
+
+/* ---- linear algebra (OpenBLAS) --------------------------------------------- */
+
+xt_tensor *xt_matmul(xt_tensor *a, xt_tensor *b);  /* NumPy matmul, batch dims broadcast */
+xt_tensor *xt_bmm(xt_tensor *a, xt_tensor *b);     /* [B,n,k] x [B,k,m] */
+/* y = x w^T + b: x [..., in], w [out, in], b [out] or NULL */
+xt_tensor *xt_linear(xt_tensor *x, xt_tensor *w, xt_tensor *b);
+
+/* ---- neural-network kernels (forward and backward fused in C) -------------------
+ * Images are [N,C,H,W]. Class targets are int64 counted from base. */
+
+/* x [N,Cin,H,W], w [Cout,Cin/groups,kh,kw], b [Cout] or NULL -> [N,Cout,Ho,Wo] */
+xt_tensor *xt_conv2d(xt_tensor *x, xt_tensor *w, xt_tensor *b, int32_t stride_h,
+                     int32_t stride_w, int32_t pad_h, int32_t pad_w, int32_t dilation_h,
+                     int32_t dilation_w, int32_t groups);
+xt_tensor *xt_max_pool2d(xt_tensor *x, int32_t kernel_h, int32_t kernel_w, int32_t stride_h,
+                         int32_t stride_w, int32_t pad_h, int32_t pad_w);
+xt_tensor *xt_avg_pool2d(xt_tensor *x, int32_t kernel_h, int32_t kernel_w, int32_t stride_h,
+                         int32_t stride_w, int32_t pad_h, int32_t pad_w,
+                         int32_t count_include_pad);
+xt_tensor *xt_adaptive_avg_pool2d(xt_tensor *x, int64_t out_h, int64_t out_w);
+
+/* x [N,C,...]. training: normalise with batch statistics and update running_mean/var in
+ * place (momentum as PyTorch, unbiased running var); else use the running statistics.
+ * weight/bias [C] or NULL; running stats [C] or NULL (then training must be 1). */
+xt_tensor *xt_batch_norm(xt_tensor *x, xt_tensor *weight, xt_tensor *bias,
+                         xt_tensor *running_mean, xt_tensor *running_var, int32_t training,
+                         double momentum, double eps);
+/* Normalise over the last normalized_ndim dims; weight/bias shaped like them, or NULL. */
+xt_tensor *xt_layer_norm(xt_tensor *x, int32_t normalized_ndim, xt_tensor *weight,
+                         xt_tensor *bias, double eps);
+/* x [N,C,...], C divisible by groups; weight/bias [C] or NULL. */
+xt_tensor *xt_group_norm(xt_tensor *x, int32_t groups, xt_tensor *weight, xt_tensor *bias,
+                         double eps);
+/* Zero each element with probability p and scale the rest by 1/(1-p). */
+xt_tensor *xt_dropout(xt_tensor *x, xt_rng *rng, double p);
+/* weight [V,D], index int64 of any shape -> [..., D]; gradient to weight only. */
+xt_tensor *xt_embedding(xt_tensor *weight, xt_tensor *index, int64_t base);
+
+typedef enum xt_reduction { XT_REDUCTION_NONE = 0, XT_REDUCTION_MEAN = 1, XT_REDUCTION_SUM = 2 } xt_reduction;
+
+/* logits [N,C] or [N,C,d1,...], target int64 [N] or [N,d1,...] with classes base..base+C-1;
+ * weight [C] or NULL; targets equal to ignore_index contribute nothing (the mean is over
+ * the others' weights, as PyTorch). label_smoothing in [0,1]. */
+xt_tensor *xt_cross_entropy(xt_tensor *logits, xt_tensor *target, xt_tensor *weight,
+                            int64_t ignore_index, double label_smoothing, int32_t reduction,
+                            int64_t base);
+xt_tensor *xt_nll_loss(xt_tensor *log_probs, xt_tensor *target, xt_tensor *weight,
+                       int64_t ignore_index, int32_t reduction, int64_t base);
+/* Numerically stable; pos_weight [C] (broadcast on the last dim) or NULL. */
+xt_tensor *xt_bce_with_logits(xt_tensor *x, xt_tensor *target, xt_tensor *pos_weight,
+                              int32_t reduction);
+
+/* ---- optimizer updates: one fused pass over a parameter, in place, no autograd ------
+ * grad is the parameter's gradient; state tensors are float32 shaped like param.
+ * step counts from 1. */
+xt_status xt_sgd_step(xt_tensor *param, xt_tensor *grad, xt_tensor *momentum_buffer,
+                      double lr, double momentum, double dampening, double weight_decay,
+                      int32_t nesterov, int64_t step);
+/* decoupled != 0: AdamW (weight decay applied to the parameter), else Adam (L2 in grad). */
+xt_status xt_adam_step(xt_tensor *param, xt_tensor *grad, xt_tensor *exp_avg,
+                       xt_tensor *exp_avg_sq, double lr, double beta1, double beta2,
+                       double eps, double weight_decay, int32_t decoupled, int64_t step);
+/* Sum of squares of every gradient, in double: for clip_grad_norm. */
+double xt_sum_of_squares(int32_t n, xt_tensor *const *tensors);
+
+/* ---- autograd --------------------------------------------------------------- */
+
+xt_status xt_set_requires_grad(xt_tensor *t, int32_t requires_grad);  /* leaves only */
+int32_t xt_is_leaf(const xt_tensor *t);
+const char *xt_grad_fn_name(const xt_tensor *t);   /* NULL for leaves */
+xt_tensor *xt_get_grad(xt_tensor *t);              /* +1 ref, or NULL (no error) */
+xt_status xt_set_grad(xt_tensor *t, xt_tensor *grad);   /* grad may be NULL */
+/* Backpropagate from root. grad: dL/droot, or NULL for a one-element root.
+ * retain_graph != 0 keeps saved tensors for another backward. */
+xt_status xt_backward(xt_tensor *root, xt_tensor *grad, int32_t retain_graph);
+
+/* Backward step by step, for graphs that hold functions written in Lua. step runs C
+ * nodes until the graph is done (0), a Lua node is ready (its id > 0) or an error (-1).
+ * For a Lua node, waiting_dout gives its output gradient (+1 ref, NULL if none arrived)
+ * and supply takes the gradient of its i-th input; then step again. end always. */
+typedef struct xt_backward_run xt_backward_run;
+xt_backward_run *xt_backward_begin(xt_tensor *root, xt_tensor *grad, int32_t retain_graph);
+int64_t xt_backward_step(xt_backward_run *run);
+xt_tensor *xt_backward_waiting_dout(xt_backward_run *run);
+xt_status xt_backward_supply(xt_backward_run *run, int32_t input, xt_tensor *grad);
+void xt_backward_end(xt_backward_run *run);
+/* Make out the result of a Lua function of n inputs with id (> 0): 1 when a node was
+ * recorded, 0 when no input needs grad, -1 on error. */
+int32_t xt_record_lua(xt_tensor *out, const char *name, int64_t id, int32_t n,
+                      xt_tensor *const *inputs);
+/* Ids of Lua nodes freed since the last call (up to capacity); returns the count. */
+int32_t xt_lua_nodes_freed(int64_t *ids, int32_t capacity);
+
+/* ---- files ------------------------------------------------------------------ */
+
+xt_tensor *xt_load_npy(const char *path);               /* C-order <f4, <i8, |u1 */
+xt_status xt_save_npy(const char *path, xt_tensor *t);
+
+/* XT_API_END */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
