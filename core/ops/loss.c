@@ -19,7 +19,9 @@
  *
  * (Q = 1 without weight), with g the position's share of dout. The forward makes one pass
  * over each position's logits (max, then sum of exp and the smoothing sum together) and
- * saves only lse [N*S]; the backward recomputes softmax from the saved logits.
+ * saves only the max m and log sum_c exp(z_c - m) of each position ([2, N*S]); the backward
+ * recomputes softmax as exp((z - m) - log sum), which stays exact where z is large (lse in
+ * float32 would lose digits next to a logit of 1e4).
  *
  * Sums over positions are taken in double over fixed blocks, then over the blocks in
  * order, so results do not depend on the number of threads.
@@ -221,7 +223,8 @@ static inline double ce_position_loss(const ce_args *a, const class_geom *g, int
 }
 
 /* [N,C] layout: each position is one contiguous row of C logits. */
-static void ce_forward_rows(const ce_args *a, const class_geom *g, float *lse_out, double *loss)
+/* stats [2, positions]: the max, then log sum exp(z - max), of each position. */
+static void ce_forward_rows(const ce_args *a, const class_geom *g, float *stats, double *loss)
 {
     const int64_t C = g->c;
     const bool smooth = a->smooth > 0;
@@ -249,7 +252,8 @@ static void ce_forward_rows(const ce_args *a, const class_geom *g, float *lse_ou
             for (int64_t c = 0; c < C; c++) se += expf(z[c] - m);
         }
         double lse = m + log(se);
-        lse_out[p] = (float)lse;
+        stats[p] = m;
+        stats[g->positions + p] = (float)log(se);
         int64_t t = a->t[p];
         loss[p] = t == a->ignore ? 0.0
                                  : ce_position_loss(a, g, t - a->base, lse, m, z[t - a->base], ss);
@@ -258,7 +262,7 @@ static void ce_forward_rows(const ce_args *a, const class_geom *g, float *lse_ou
 
 /* [N,C,S] layout: tiles of up to SPATIAL_TILE positions of one image; the class loop is
  * outside, so the inner loops run over contiguous positions. */
-static void ce_forward_spatial(const ce_args *a, const class_geom *g, float *lse_out,
+static void ce_forward_spatial(const ce_args *a, const class_geom *g, float *stats,
                                double *loss)
 {
     const int64_t C = g->c, S = g->s, tiles = (S + SPATIAL_TILE - 1) / SPATIAL_TILE;
@@ -293,7 +297,8 @@ static void ce_forward_spatial(const ce_args *a, const class_geom *g, float *lse
         for (int64_t s = 0; s < len; s++) {
             const int64_t p = n * S + s0 + s, t = a->t[p];
             double lse = m[s] + log(se[s]);
-            lse_out[p] = (float)lse;
+            stats[p] = m[s];
+            stats[g->positions + p] = (float)log(se[s]);
             loss[p] = t == a->ignore ? 0.0
                                      : ce_position_loss(a, g, t - a->base, lse, m[s],
                                                         zn[(t - a->base) * S + s], ss[s]);
@@ -302,7 +307,7 @@ static void ce_forward_spatial(const ce_args *a, const class_geom *g, float *lse
 }
 
 /* dz for the [N,C] layout. */
-static void ce_backward_rows(const ce_args *a, const class_geom *g, const float *lse,
+static void ce_backward_rows(const ce_args *a, const class_geom *g, const float *stats,
                              const float *dout, int32_t reduction, double total, float *dz)
 {
     const int64_t C = g->c;
@@ -317,23 +322,24 @@ static void ce_backward_rows(const ce_args *a, const class_geom *g, const float 
             continue;
         }
         const int64_t k = t - a->base;
-        const float gp = position_grad(dout, p, reduction, total), l = lse[p];
+        const float gp = position_grad(dout, p, reduction, total);
+        const float m = stats[p], l = stats[g->positions + p];
         const float wt = a->w ? a->w[k] : 1.0f;
         const float Q = (1 - e) * wt + each * (float)a->wsum;
         if (a->w && e > 0) {
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++) d[c] = gp * (expf(z[c] - l) * Q - each * a->w[c]);
+            for (int64_t c = 0; c < C; c++) d[c] = gp * (expf((z[c] - m) - l) * Q - each * a->w[c]);
         } else {
             const float q = each;  /* the same smoothing for every class */
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++) d[c] = gp * (expf(z[c] - l) * Q - q);
+            for (int64_t c = 0; c < C; c++) d[c] = gp * (expf((z[c] - m) - l) * Q - q);
         }
         d[k] -= gp * (1 - e) * wt;
     }
 }
 
 /* dz for the [N,C,S] layout, tile by tile as the forward. */
-static void ce_backward_spatial(const ce_args *a, const class_geom *g, const float *lse,
+static void ce_backward_spatial(const ce_args *a, const class_geom *g, const float *stats,
                                 const float *dout, int32_t reduction, double total, float *dz)
 {
     const int64_t C = g->c, S = g->s, tiles = (S + SPATIAL_TILE - 1) / SPATIAL_TILE;
@@ -344,21 +350,23 @@ static void ce_backward_spatial(const ce_args *a, const class_geom *g, const flo
         const int64_t len = S - s0 < SPATIAL_TILE ? S - s0 : SPATIAL_TILE;
         const float *zn = a->z + n * C * S + s0;
         float *dn = dz + n * C * S + s0;
-        float gp[SPATIAL_TILE], Q[SPATIAL_TILE], l[SPATIAL_TILE];
+        float gp[SPATIAL_TILE], Q[SPATIAL_TILE], m[SPATIAL_TILE], l[SPATIAL_TILE];
         for (int64_t s = 0; s < len; s++) {
             const int64_t p = n * S + s0 + s, t = a->t[p];
             const bool counted = t != a->ignore;
             const float wt = counted && a->w ? a->w[t - a->base] : 1.0f;
             gp[s] = counted ? position_grad(dout, p, reduction, total) : 0.0f;
             Q[s] = (1 - e) * wt + each * (float)a->wsum;
-            l[s] = lse[p];
+            m[s] = stats[p];
+            l[s] = stats[g->positions + p];
         }
         for (int64_t c = 0; c < C; c++) {
             const float *z = zn + c * S;
             float *d = dn + c * S;
             const float qc = each * (a->w ? a->w[c] : 1.0f);
 #pragma omp simd
-            for (int64_t s = 0; s < len; s++) d[s] = gp[s] * (expf(z[s] - l[s]) * Q[s] - qc);
+            for (int64_t s = 0; s < len; s++)
+                d[s] = gp[s] * (expf((z[s] - m[s]) - l[s]) * Q[s] - qc);
         }
         for (int64_t s = 0; s < len; s++) {
             const int64_t t = a->t[n * S + s0 + s];
@@ -381,14 +389,14 @@ static double weight_sum(const float *w, int64_t C)
     return s;
 }
 
-/* saved: 0 logits, 1 target, 2 lse [positions], 3 weight (when iargs[3]); all contiguous.
+/* saved: 0 logits, 1 target, 2 stats [2, positions], 3 weight (when iargs[3]); all contiguous.
  * iargs: 0 reduction, 1 ignore_index, 2 base, 3 has weight. fargs: 0 smoothing, 1 total. */
 static xt_status cross_entropy_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinputs)
 {
     bool has_weight = node->iargs[3] != 0;
     xt_tensor *z = xt_node_saved(node, 0), *t = xt_node_saved(node, 1);
-    xt_tensor *lse = xt_node_saved(node, 2), *w = has_weight ? xt_node_saved(node, 3) : NULL;
-    if (!z || !t || !lse || (has_weight && !w)) return xt_last_status();
+    xt_tensor *stats = xt_node_saved(node, 2), *w = has_weight ? xt_node_saved(node, 3) : NULL;
+    if (!z || !t || !stats || (has_weight && !w)) return xt_last_status();
     class_geom g;
     if (class_check(z, t, w, "cross_entropy", "logits", &g) != XT_OK) return xt_last_status();
     xt_tensor *d = xt_contiguous(dout);
@@ -402,9 +410,9 @@ static xt_status cross_entropy_backward(xt_node *node, xt_tensor *dout, xt_tenso
     a.wsum = weight_sum(a.w, g.c);
     int32_t reduction = (int32_t)node->iargs[0];
     if (g.s == 1)
-        ce_backward_rows(&a, &g, lse->data, d->data, reduction, node->fargs[1], dz->data);
+        ce_backward_rows(&a, &g, stats->data, d->data, reduction, node->fargs[1], dz->data);
     else
-        ce_backward_spatial(&a, &g, lse->data, d->data, reduction, node->fargs[1], dz->data);
+        ce_backward_spatial(&a, &g, stats->data, d->data, reduction, node->fargs[1], dz->data);
     xt_tensor_release(d);
     dinputs[0] = dz;
     return XT_OK;
@@ -424,13 +432,14 @@ xt_tensor *xt_cross_entropy(xt_tensor *logits, xt_tensor *target, xt_tensor *wei
                             label_smoothing);
     xt_tensor *z = dense(logits), *t = dense(target), *w = weight ? dense(weight) : NULL;
     int64_t npos = g.positions;
-    xt_tensor *lse = xt_empty(1, &npos, XT_FLOAT32);
+    int64_t stats_shape[2] = {2, npos};
+    xt_tensor *stats = xt_empty(2, stats_shape, XT_FLOAT32);
     double *loss = malloc(sizeof(double) * (size_t)(npos > 0 ? npos : 1));
-    xt_tensor *tmp[4] = {z, t, w, lse};
+    xt_tensor *tmp[4] = {z, t, w, stats};
     xt_tensor *out = NULL;
     double total = 0;
     if (!loss) xt_fail(XT_ERR_OOM, "%s: out of memory", op);
-    if (!loss || !z || !t || (weight && !w) || !lse ||
+    if (!loss || !z || !t || (weight && !w) || !stats ||
         scan_targets(t, g.c, ignore_index, base, w ? w->data : NULL, op, &total) != XT_OK)
         goto done;
 
@@ -438,15 +447,15 @@ xt_tensor *xt_cross_entropy(xt_tensor *logits, xt_tensor *target, xt_tensor *wei
                  (float)label_smoothing, 0};
     a.wsum = weight_sum(a.w, g.c);
     if (g.s == 1)
-        ce_forward_rows(&a, &g, lse->data, loss);
+        ce_forward_rows(&a, &g, stats->data, loss);
     else
-        ce_forward_spatial(&a, &g, lse->data, loss);
+        ce_forward_spatial(&a, &g, stats->data, loss);
     out = reduce_losses(loss, npos, reduction, total, target->ndim, target->shape);
     if (!out || !xt_needs_grad(1, &logits)) goto done;
 
     xt_node *node = xt_node_new(op, cross_entropy_backward, 1, &logits);
     bool ok = node && !xt_node_save(node, z) && !xt_node_save(node, t) &&
-              !xt_node_save(node, lse) && (!w || !xt_node_save(node, w));
+              !xt_node_save(node, stats) && (!w || !xt_node_save(node, w));
     if (!ok) {
         xt_node_release(node);
         xt_tensor_release(out);
