@@ -180,6 +180,10 @@ static void history_open(struct repl *r)
     }
     using_history();
     stifle_history(HISTORY_MAX);
+    /* A "#<time>" line before each entry lets a multi-line chunk come back as one entry. */
+    history_comment_char = '#';
+    history_write_timestamps = 1;
+    history_multiline_entries = 1;
     if (r->history_path[0]) read_history(r->history_path);   /* a missing file is fine */
 }
 

@@ -51,8 +51,11 @@ end
 ---------------------------------------------------------------------------------------------
 -- compiling a chunk
 
--- An unfinished chunk fails to compile with an error at the end of the input.
-local function at_eof(message) return message:sub(-7) == "'<eof>'" end
+-- An unfinished chunk fails to compile with an error at the end of the input. A quoted
+-- string cannot continue on the next line, so an unfinished one is a plain error.
+local function at_eof(message)
+    return message:sub(-7) == "'<eof>'" and not message:find(': unfinished string', 1, true)
+end
 
 -- Code typed at the prompt (and the functions it defines) runs in LuaJIT's interpreter:
 -- machine code compiled from a loop never runs debug hooks, so Ctrl-C could not stop it.
@@ -207,11 +210,12 @@ local function resolve(path)
     return v
 end
 
+-- Names starting with _ (private) or __ (metamethods) only when the prefix asks for them.
 local function sorted_matches(names, prefix, decorate)
-    local hide_private = prefix:sub(1, 1) ~= '_'
+    local hidden = prefix:sub(1, 2) == '__' and '' or prefix:sub(1, 1) == '_' and '__' or '_'
     local out = {}
     for name in pairs(names) do
-        if name:sub(1, #prefix) == prefix and not (hide_private and name:sub(1, 1) == '_') then
+        if name:sub(1, #prefix) == prefix and (hidden == '' or name:sub(1, #hidden) ~= hidden) then
             out[#out + 1] = decorate .. name
         end
     end
