@@ -271,6 +271,24 @@ xt_tensor *xt_nll_loss(xt_tensor *log_probs, xt_tensor *target, xt_tensor *weigh
 xt_tensor *xt_bce_with_logits(xt_tensor *x, xt_tensor *target, xt_tensor *pos_weight,
                               int32_t reduction);
 
+/* ---- attention: the AFT family ---------------------------------------------------------
+ * Attention Free Transformer (Zhai et al. 2021). q, k, v, out [B,T,D]; per channel c:
+ *   out[b,t,c] = sigmoid(q[b,t,c]) * sum_t' exp(k[b,t',c] + w[t,t']) v[b,t',c]
+ *                                    / sum_t' exp(k[b,t',c] + w[t,t'])
+ * causal != 0 limits the sums to t' <= t. Fused forward and backward (gradients to q, k, v
+ * and w), stable for any range of k and w, memory linear in T besides w and its gradient. */
+xt_tensor *xt_aft_full(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w,
+                       int32_t causal);                                  /* w [T,T] */
+xt_tensor *xt_aft_simple(xt_tensor *q, xt_tensor *k, xt_tensor *v, int32_t causal); /* w = 0 */
+/* w [T,T] used where |t - t'| < window (t - t' < window when causal); the bias outside the
+ * window is 0, not -inf, so every key still contributes. window >= T is aft_full. */
+xt_tensor *xt_aft_local(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w, int64_t window,
+                        int32_t causal);
+/* q, v [B,C,H,W]; k [B,heads,H,W], one key per head shared by its C/heads channels;
+ * w [heads,kh,kw], odd kernel: the bias from position (y,x) to (y+i-kh/2, x+j-kw/2) is
+ * w[head,i,j] (a cross-correlation with zero padding), 0 beyond the kernel. */
+xt_tensor *xt_aft_conv(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w);
+
 /* ---- optimizer updates: one fused pass over a parameter, in place, no autograd ------
  * grad is the parameter's gradient; state tensors are float32 shaped like param.
  * step counts from 1. */
