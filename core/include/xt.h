@@ -226,6 +226,16 @@ xt_tensor *xt_bmm(xt_tensor *a, xt_tensor *b);     /* [B,n,k] x [B,k,m] */
 /* y = x w^T + b: x [..., in], w [out, in], b [out] or NULL */
 xt_tensor *xt_linear(xt_tensor *x, xt_tensor *w, xt_tensor *b);
 
+/* ---- attention: softmax ----------------------------------------------------------
+ * q [...,T,d], k [...,S,d], v [...,S,dv] with the same leading dims (usually [B,H]) ->
+ * [...,T,dv]: softmax(scale * q k^T) v over the keys, row by row; scale <= 0 means
+ * 1/sqrt(d). causal != 0: query i sees keys j <= i + S - T (the queries are the last T
+ * positions; needs S >= T; S == T is the usual lower-triangular mask). Computed in tiles
+ * with an online softmax (FlashAttention-2): extra memory is linear in T and S, only the
+ * row logsumexp is kept, and the backward recomputes the tiles. */
+xt_tensor *xt_scaled_dot_product_attention(xt_tensor *q, xt_tensor *k, xt_tensor *v,
+                                           int32_t causal, double scale);
+
 /* ---- neural-network kernels (forward and backward fused in C) -------------------
  * Images are [N,C,H,W]. Class targets are int64 counted from base. */
 
