@@ -2,7 +2,7 @@
  * sdpa.c: scaled dot-product attention, softmax(scale * q k^T) v, computed FlashAttention-2
  * style (research/efficient_attention.md § 2.1 and § 3), forward and backward side by side.
  *
- * Shapes, per (batch, head) "unit" n (the leading dims of q, k, v flattened):
+ * Shapes, per (batch, head) "unit" n (the leading dims of q, k, v, flattened):
  *   q [T,d], k [S,d], v [S,dv] -> out [T,dv], and lse [T] (row logsumexp) kept for the backward.
  * Causal: query i sees keys j <= i + S - T (aligned at the bottom right, so that with S > T
  * the queries are the last T positions of the key sequence, as in decoding with a cache).
@@ -15,10 +15,20 @@
  * each tile's P = exp(s - lse) and forms, with D_i = rowsum(dout_i * out_i):
  *   dV_J += P^T dO_I     dP = dO_I V_J^T     dS = P * (dP - D)
  *   dK_J += scale * dS^T Q_I     dQ_I += scale * dS K_J
- * Extra memory: a few tiles per thread, plus D ([units, T] or [T] per thread).
+ * Extra memory: a few tiles per thread, plus D [units, T].
+ *
+ * Inputs are read in place when each unit's [rows, width] matrix has unit-stride rows (the
+ * rows themselves may be any distance apart, the units anywhere), so q, k, v permuted out of
+ * a [B,T,H,d] projection or narrowed out of a decoding cache are not copied.
+ *
+ * Dropout on the attention weights (p > 0): P~ = P * Z / (1 - p), with Z_ij = 1 when lane
+ * j % 4 of philox(seed, offset + (n*T + i) * ceil(S/4) + j / 4) is at least p * 2^32. The
+ * mask is regenerated in the backward from (seed, offset), never stored:
+ *   out = P~ V     dV = P~^T dO     dS = P * (dP~ * Z / (1 - p) - D),  D = rowsum(dO * out).
  *
  * The backward runs in one of two schedules that give identical bits (each dQ tile sums its
- * key tiles in ascending order, each dK/dV tile its query tiles in ascending order):
+ * key tiles in ascending order, each dK/dV tile its query tiles in ascending order, and a
+ * tile pair's GEMMs have the same extent in both):
  *  - one pass per unit (5 GEMMs per tile pair), units spread over threads, when there are
  *    enough units to keep the threads busy;
  *  - otherwise two passes: key tiles in parallel for dK and dV, then query tiles in parallel
@@ -31,7 +41,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Tile sizes: a 64 x 64 score tile with d = 64 keeps Q_I, K_J, V_J, s and acc (80 KiB) in L2. */
+/* Tile sizes: a 64 x 64 score tile with d = 64 keeps Q_I, K_J, V_J, s and acc (80 KiB) in L2;
+ * SDPA_BC is a multiple of 4, so a tile row starts a new group of the dropout stream. */
 enum { SDPA_BR = 64, SDPA_BC = 64 };
 
 /* ---- a vectorisable exp -------------------------------------------------------------
@@ -63,16 +74,42 @@ static inline float exp_approx(float x)
     return x != x ? x : y;
 }
 
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
 /* ---- geometry ------------------------------------------------------------------------ */
 
 typedef struct sdpa_geom {
-    int64_t units;     /* product of the leading dims (batch x heads) */
-    int64_t T, S;      /* query and key lengths */
-    int64_t d, dv;     /* query/key and value widths */
-    int64_t offset;    /* S - T: query i sits at key position i + offset */
+    int64_t units;        /* product of the leading dims (batch x heads) */
+    int64_t T, S;         /* query and key lengths */
+    int64_t d, dv;        /* query/key and value widths */
+    int64_t offset;       /* S - T: query i sits at key position i + offset */
     int causal;
     float scale;
+    /* dropout on the attention weights (dropout == 0: none) */
+    int dropout;
+    float keep_scale;     /* 1 / (1 - p) */
+    uint64_t threshold;   /* p * 2^32: a random lane below it drops its weight */
+    uint64_t seed, rng_offset;
 } sdpa_geom;
+
+/* One input read in place: unit n's [rows, width] matrix starts at data + off[n], rows ld
+ * floats apart, elements of a row adjacent. */
+typedef struct sdpa_input {
+    const float *data;
+    int64_t ld;
+    int64_t *off;   /* [units], owned */
+} sdpa_input;
+
+/* One unit's operands: inputs with their row strides; the rest contiguous, NULL when not
+ * used (out and lse in the forward; dout, lse, D and the wanted gradients in the backward). */
+typedef struct sdpa_unit {
+    int64_t n;
+    const float *q, *k, *v;
+    int64_t ldq, ldk, ldv;
+    float *out, *lse;
+    const float *dout, *D;
+    float *dq, *dk, *dv;
+} sdpa_unit;
 
 /* One past the last key that query row i may see. */
 static inline int64_t keys_visible(const sdpa_geom *g, int64_t i)
@@ -90,15 +127,13 @@ static inline int64_t first_query_seeing(const sdpa_geom *g, int64_t j)
     return i > 0 ? i : 0;
 }
 
-static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
 /* Scores of the tile (rows i0.., br of them; keys j0.., bc of them) into s [br, SDPA_BC]:
  * s = scale * Q_I K_J^T, with -inf where causality hides the key. */
-static void score_tile(const sdpa_geom *g, const float *q, const float *k, int64_t i0,
-                       int64_t br, int64_t j0, int64_t bc, float *s)
+static void score_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, int64_t br,
+                       int64_t j0, int64_t bc, float *s)
 {
-    xt_sgemm(false, true, br, bc, g->d, g->scale, q + i0 * g->d, g->d, k + j0 * g->d, g->d, 0.0f,
-             s, SDPA_BC);
+    xt_sgemm(false, true, br, bc, g->d, g->scale, u->q + i0 * u->ldq, u->ldq,
+             u->k + j0 * u->ldk, u->ldk, 0.0f, s, SDPA_BC);
     if (!g->causal || j0 + bc - 1 <= i0 + g->offset) return;  /* the whole tile is visible */
     for (int64_t r = 0; r < br; r++) {
         int64_t first_hidden = i0 + r + g->offset + 1 - j0;  /* column of the first key hidden */
@@ -107,21 +142,34 @@ static void score_tile(const sdpa_geom *g, const float *q, const float *k, int64
     }
 }
 
-/* ==== forward ============================================================================ */
-
-/* Per-thread scratch of the forward: s [BR,BC], acc [BR,dv], m [BR], l [BR]. */
-static size_t fwd_scratch_floats(const sdpa_geom *g)
+/* z[c] = 1 (kept) or 0 (dropped) for the weights of query row i on keys j0 .. j0+bc-1. */
+static void dropout_row(const sdpa_geom *g, int64_t n, int64_t i, int64_t j0, int64_t bc,
+                        float *z)
 {
-    return (size_t)(SDPA_BR * SDPA_BC + SDPA_BR * g->dv + 2 * SDPA_BR);
+    uint64_t groups = (uint64_t)(g->S + 3) / 4;
+    uint64_t base = g->rng_offset + (uint64_t)(n * g->T + i) * groups + (uint64_t)j0 / 4;
+    for (int64_t c = 0; c < bc; c += 4) {
+        uint32_t r[4];
+        xt_philox(g->seed, base + (uint64_t)c / 4, r);
+        for (int64_t lane = 0; lane < 4 && c + lane < bc; lane++)
+            z[c + lane] = (uint64_t)r[lane] >= g->threshold ? 1.0f : 0.0f;
+    }
 }
 
-/* One query tile of one unit: rows i0 .. i0+br-1 of out [T,dv] and lse [T]. */
-static void forward_tile(const sdpa_geom *g, const float *q, const float *k, const float *v,
-                         float *out, float *lse, int64_t i0, int64_t br, float *scratch)
+/* ==== forward ============================================================================ */
+
+/* Per-thread scratch of the forward: s [BR,BC], acc [BR,dv], m [BR], l [BR], z [BC]. */
+static size_t fwd_scratch_floats(const sdpa_geom *g)
 {
-    float *s = scratch, *acc = s + SDPA_BR * SDPA_BC, *m = acc + SDPA_BR * g->dv;
-    float *l = m + SDPA_BR;
-    const int64_t dv = g->dv;
+    return (size_t)(SDPA_BR * SDPA_BC + SDPA_BR * g->dv + 2 * SDPA_BR + SDPA_BC);
+}
+
+/* One query tile of one unit: rows i0 .. i0+br-1 of u->out [T,dv] and u->lse [T]. */
+static void forward_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, float *scratch)
+{
+    const int64_t dv = g->dv, br = min64(SDPA_BR, g->T - i0);
+    float *s = scratch, *acc = s + SDPA_BR * SDPA_BC, *m = acc + SDPA_BR * dv;
+    float *l = m + SDPA_BR, *z = l + SDPA_BR;
     for (int64_t r = 0; r < br; r++) {
         m[r] = -INFINITY;
         l[r] = 0.0f;
@@ -129,7 +177,7 @@ static void forward_tile(const sdpa_geom *g, const float *q, const float *k, con
     int64_t key_end = keys_visible(g, i0 + br - 1);
     for (int64_t j0 = 0; j0 < key_end; j0 += SDPA_BC) {
         int64_t bc = min64(SDPA_BC, key_end - j0);
-        score_tile(g, q, k, i0, br, j0, bc, s);
+        score_tile(g, u, i0, br, j0, bc, s);
         for (int64_t r = 0; r < br; r++) {
             float *sr = s + r * SDPA_BC, *ar = acc + r * dv;
             float row_max = -INFINITY;
@@ -145,6 +193,11 @@ static void forward_tile(const sdpa_geom *g, const float *q, const float *k, con
                 sr[c] = p;
                 sum += p;
             }
+            if (g->dropout) {  /* l sums the weights before dropout; acc gets the kept ones */
+                dropout_row(g, u->n, i0 + r, j0, bc, z);
+#pragma omp simd
+                for (int64_t c = 0; c < bc; c++) sr[c] *= z[c];
+            }
             if (j0 == 0) {
                 l[r] = sum;
             } else {
@@ -157,22 +210,30 @@ static void forward_tile(const sdpa_geom *g, const float *q, const float *k, con
             }
             m[r] = m_new;
         }
-        xt_sgemm(false, false, br, dv, bc, 1.0f, s, SDPA_BC, v + j0 * dv, dv,
+        xt_sgemm(false, false, br, dv, bc, 1.0f, s, SDPA_BC, u->v + j0 * u->ldv, u->ldv,
                  j0 == 0 ? 0.0f : 1.0f, acc, dv);
     }
     for (int64_t r = 0; r < br; r++) {
-        float *o = out + (i0 + r) * dv;
+        float *o = u->out + (i0 + r) * dv;
         const float *ar = acc + r * dv;
-        float inv = l[r] > 0 ? 1.0f / l[r] : 0.0f;
+        float inv = l[r] > 0 ? g->keep_scale / l[r] : 0.0f;
 #pragma omp simd
         for (int64_t c = 0; c < dv; c++) o[c] = ar[c] * inv;
-        lse[i0 + r] = l[r] > 0 ? m[r] + logf(l[r]) : -INFINITY;
+        u->lse[i0 + r] = l[r] > 0 ? m[r] + logf(l[r]) : -INFINITY;
     }
 }
 
-/* out [units,T,dv], lse [units,T] from contiguous q [units,T,d], k [units,S,d], v [units,S,dv]. */
-static xt_status forward(const sdpa_geom *g, const float *q, const float *k, const float *v,
-                         float *out, float *lse)
+static sdpa_unit unit_inputs(const sdpa_geom *g, int64_t n, const sdpa_input *q,
+                             const sdpa_input *k, const sdpa_input *v)
+{
+    sdpa_unit u = {.n = n, .q = q->data + q->off[n], .k = k->data + k->off[n],
+                   .v = v->data + v->off[n], .ldq = q->ld, .ldk = k->ld, .ldv = v->ld};
+    return u;
+}
+
+/* out [units,T,dv] and lse [units,T], contiguous. */
+static xt_status forward(const sdpa_geom *g, const sdpa_input *q, const sdpa_input *k,
+                         const sdpa_input *v, float *out, float *lse)
 {
     int64_t tiles = (g->T + SDPA_BR - 1) / SDPA_BR, tasks = g->units * tiles;
     int nt = omp_get_max_threads();
@@ -182,10 +243,12 @@ static xt_status forward(const sdpa_geom *g, const float *q, const float *k, con
     /* Causal tiles further down have more keys: hand tasks out one at a time. */
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && g->T * g->S * g->d > XT_PARALLEL_GRAIN)
     for (int64_t task = 0; task < tasks; task++) {
-        int64_t n = task / tiles, i0 = (task % tiles) * SDPA_BR;
-        float *mine = scratch + per_thread * (size_t)omp_get_thread_num();
-        forward_tile(g, q + n * g->T * g->d, k + n * g->S * g->d, v + n * g->S * g->dv,
-                     out + n * g->T * g->dv, lse + n * g->T, i0, min64(SDPA_BR, g->T - i0), mine);
+        int64_t n = task / tiles;
+        sdpa_unit u = unit_inputs(g, n, q, k, v);
+        u.out = out + n * g->T * g->dv;
+        u.lse = lse + n * g->T;
+        forward_tile(g, &u, (task % tiles) * SDPA_BR,
+                     scratch + per_thread * (size_t)omp_get_thread_num());
     }
     free(scratch);
     return XT_OK;
@@ -193,24 +256,8 @@ static xt_status forward(const sdpa_geom *g, const float *q, const float *k, con
 
 /* ==== backward =========================================================================== */
 
-/* One unit's tensors; gradients NULL when not wanted. */
-typedef struct sdpa_unit {
-    const float *q, *k, *v, *dout, *lse, *D;
-    float *dq, *dk, *dv;
-} sdpa_unit;
-
-static sdpa_unit unit_at(const sdpa_geom *g, int64_t n, const float *q, const float *k,
-                         const float *v, const float *dout, const float *lse, const float *D,
-                         float *dq, float *dk, float *dv)
-{
-    int64_t qd = n * g->T * g->d, kd = n * g->S * g->d, vd = n * g->S * g->dv;
-    sdpa_unit u = {q + qd, k + kd, v + vd, dout + n * g->T * g->dv, lse + n * g->T,
-                   D + n * g->T, dq ? dq + qd : NULL, dk ? dk + kd : NULL, dv ? dv + vd : NULL};
-    return u;
-}
-
-/* Per-thread scratch of the backward: p [BR,BC] and ds [BR,BC]. */
-enum { BWD_SCRATCH_FLOATS = 2 * SDPA_BR * SDPA_BC };
+/* Per-thread scratch of the backward: p [BR,BC], ds [BR,BC], z [BC]. */
+enum { BWD_SCRATCH_FLOATS = 2 * SDPA_BR * SDPA_BC + SDPA_BC };
 
 /* The tile pair (query tile at row i0, key tile at j0): adds its share to whichever of
  * u->dq, u->dk, u->dv are non-NULL. The tile's extent is a function of (i0, j0) alone, and
@@ -219,11 +266,11 @@ enum { BWD_SCRATCH_FLOATS = 2 * SDPA_BR * SDPA_BC };
 static void backward_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, int64_t j0,
                           float *scratch)
 {
-    float *p = scratch, *ds = scratch + SDPA_BR * SDPA_BC;
+    float *p = scratch, *ds = scratch + SDPA_BR * SDPA_BC, *z = ds + SDPA_BR * SDPA_BC;
     const int64_t d = g->d, dv = g->dv;
     int64_t br = min64(SDPA_BR, g->T - i0);
     int64_t bc = min64(SDPA_BC, keys_visible(g, i0 + br - 1) - j0);
-    score_tile(g, u->q, u->k, i0, br, j0, bc, p);
+    score_tile(g, u, i0, br, j0, bc, p);
     for (int64_t r = 0; r < br; r++) {
         float *pr = p + r * SDPA_BC;
         float L = u->lse[i0 + r];
@@ -232,23 +279,35 @@ static void backward_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, in
         for (int64_t c = 0; c < bc; c++) pr[c] = exp_approx(pr[c] - shift);
     }
     const float *dO = u->dout + i0 * dv;
-    if (u->dv)  /* dV_J += P^T dO_I */
-        xt_sgemm(true, false, bc, dv, br, 1.0f, p, SDPA_BC, dO, dv, 1.0f, u->dv + j0 * dv, dv);
-    if (!u->dq && !u->dk) return;
-    /* dP = dO_I V_J^T, then dS = scale * P * (dP - D) in place */
-    xt_sgemm(false, true, br, bc, dv, 1.0f, dO, dv, u->v + j0 * dv, dv, 0.0f, ds, SDPA_BC);
-    for (int64_t r = 0; r < br; r++) {
-        float *dr = ds + r * SDPA_BC;
-        const float *pr = p + r * SDPA_BC;
+    bool need_ds = u->dq || u->dk;
+    if (need_ds)  /* dP~ = dO_I V_J^T */
+        xt_sgemm(false, true, br, bc, dv, 1.0f, dO, dv, u->v + j0 * u->ldv, u->ldv, 0.0f, ds,
+                 SDPA_BC);
+    for (int64_t r = 0; r < br && (need_ds || g->dropout); r++) {
+        float *dr = ds + r * SDPA_BC, *pr = p + r * SDPA_BC;
         float Di = u->D[i0 + r], scale = g->scale;
+        if (g->dropout) {
+            /* dS = scale * P * (dP~ * Z/(1-p) - D), then P becomes P~ = P * Z/(1-p) */
+            dropout_row(g, u->n, i0 + r, j0, bc, z);
+            float ks = g->keep_scale;
 #pragma omp simd
-        for (int64_t c = 0; c < bc; c++) dr[c] = scale * pr[c] * (dr[c] - Di);
+            for (int64_t c = 0; c < bc; c++) {
+                float zc = z[c] * ks;
+                if (need_ds) dr[c] = scale * pr[c] * (dr[c] * zc - Di);
+                pr[c] *= zc;
+            }
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < bc; c++) dr[c] = scale * pr[c] * (dr[c] - Di);
+        }
     }
+    if (u->dv)  /* dV_J += P~^T dO_I */
+        xt_sgemm(true, false, bc, dv, br, 1.0f, p, SDPA_BC, dO, dv, 1.0f, u->dv + j0 * dv, dv);
     if (u->dk)  /* dK_J += dS^T Q_I */
-        xt_sgemm(true, false, bc, d, br, 1.0f, ds, SDPA_BC, u->q + i0 * d, d, 1.0f,
+        xt_sgemm(true, false, bc, d, br, 1.0f, ds, SDPA_BC, u->q + i0 * u->ldq, u->ldq, 1.0f,
                  u->dk + j0 * d, d);
     if (u->dq)  /* dQ_I += dS K_J */
-        xt_sgemm(false, false, br, d, bc, 1.0f, ds, SDPA_BC, u->k + j0 * d, d, 1.0f,
+        xt_sgemm(false, false, br, d, bc, 1.0f, ds, SDPA_BC, u->k + j0 * u->ldk, u->ldk, 1.0f,
                  u->dq + i0 * d, d);
 }
 
@@ -281,10 +340,28 @@ static void row_dots(const sdpa_geom *g, const float *dout, const float *out, fl
     }
 }
 
-/* Gradients (dq, dk, dv zero-filled, NULL when not wanted) of the contiguous tensors. */
-static xt_status backward(const sdpa_geom *g, const float *q, const float *k, const float *v,
-                          const float *out, const float *dout, const float *lse, float *dq,
-                          float *dk, float *dv)
+/* The contiguous tensors of the backward; gradients zero-filled, NULL when not wanted. */
+typedef struct sdpa_grads {
+    const float *out, *dout, *lse;
+    float *dq, *dk, *dv;
+} sdpa_grads;
+
+static sdpa_unit unit_backward(const sdpa_geom *g, int64_t n, const sdpa_input *q,
+                               const sdpa_input *k, const sdpa_input *v, const sdpa_grads *gr,
+                               const float *D, bool want_q, bool want_kv)
+{
+    sdpa_unit u = unit_inputs(g, n, q, k, v);
+    u.dout = gr->dout + n * g->T * g->dv;
+    u.lse = (float *)gr->lse + n * g->T;   /* only read in the backward */
+    u.D = D + n * g->T;
+    u.dq = want_q && gr->dq ? gr->dq + n * g->T * g->d : NULL;
+    u.dk = want_kv && gr->dk ? gr->dk + n * g->S * g->d : NULL;
+    u.dv = want_kv && gr->dv ? gr->dv + n * g->S * g->dv : NULL;
+    return u;
+}
+
+static xt_status backward(const sdpa_geom *g, const sdpa_input *q, const sdpa_input *k,
+                          const sdpa_input *v, const sdpa_grads *gr)
 {
     int nt = omp_get_max_threads();
     float *D = malloc(sizeof(float) * (size_t)(g->units * g->T + 1));
@@ -294,32 +371,33 @@ static xt_status backward(const sdpa_geom *g, const float *q, const float *k, co
         free(scratch);
         return xt_fail(XT_ERR_OOM, "scaled_dot_product_attention: out of memory in backward");
     }
-    row_dots(g, dout, out, D);
+    row_dots(g, gr->dout, gr->out, D);
     bool parallel = g->T * g->S * g->d > XT_PARALLEL_GRAIN;
+    bool need_kv = gr->dk || gr->dv;
     int64_t key_tiles = (g->S + SDPA_BC - 1) / SDPA_BC, query_tiles = (g->T + SDPA_BR - 1) / SDPA_BR;
-    bool one_pass = dq && (dk || dv) && (nt == 1 || g->units % nt == 0 || g->units >= 4 * nt);
+    bool one_pass = gr->dq && need_kv && (nt == 1 || g->units % nt == 0 || g->units >= 4 * nt);
     if (one_pass) {
 #pragma omp parallel for schedule(dynamic, 1) if (parallel && g->units > 1)
         for (int64_t n = 0; n < g->units; n++) {
-            sdpa_unit u = unit_at(g, n, q, k, v, dout, lse, D, dq, dk, dv);
+            sdpa_unit u = unit_backward(g, n, q, k, v, gr, D, true, true);
             float *mine = scratch + (size_t)BWD_SCRATCH_FLOATS * (size_t)omp_get_thread_num();
             for (int64_t j0 = 0; j0 < g->S; j0 += SDPA_BC) backward_key_tile(g, &u, j0, mine);
         }
     } else {
-        if (dk || dv) {
+        if (need_kv) {
             int64_t tasks = g->units * key_tiles;
 #pragma omp parallel for schedule(dynamic, 1) if (parallel && tasks > 1)
             for (int64_t task = 0; task < tasks; task++) {
-                sdpa_unit u = unit_at(g, task / key_tiles, q, k, v, dout, lse, D, NULL, dk, dv);
+                sdpa_unit u = unit_backward(g, task / key_tiles, q, k, v, gr, D, false, true);
                 float *mine = scratch + (size_t)BWD_SCRATCH_FLOATS * (size_t)omp_get_thread_num();
                 backward_key_tile(g, &u, (task % key_tiles) * SDPA_BC, mine);
             }
         }
-        if (dq) {
+        if (gr->dq) {
             int64_t tasks = g->units * query_tiles;
 #pragma omp parallel for schedule(dynamic, 1) if (parallel && tasks > 1)
             for (int64_t task = 0; task < tasks; task++) {
-                sdpa_unit u = unit_at(g, task / query_tiles, q, k, v, dout, lse, D, dq, NULL, NULL);
+                sdpa_unit u = unit_backward(g, task / query_tiles, q, k, v, gr, D, true, false);
                 float *mine = scratch + (size_t)BWD_SCRATCH_FLOATS * (size_t)omp_get_thread_num();
                 backward_query_tile(g, &u, (task % query_tiles) * SDPA_BR, mine);
             }
@@ -330,22 +408,101 @@ static xt_status backward(const sdpa_geom *g, const float *q, const float *k, co
     return XT_OK;
 }
 
+/* ==== inputs as GEMM operands ============================================================== */
+
+/* Can t ([..., rows, width]) be read in place: unit-stride rows that do not overlap? */
+static bool readable_in_place(const xt_tensor *t)
+{
+    int32_t nd = t->ndim;
+    int64_t rows = t->shape[nd - 2], width = t->shape[nd - 1];
+    if (width > 1 && t->strides[nd - 1] != 1) return false;
+    if (rows > 1 && t->strides[nd - 2] < width) return false;
+    for (int32_t i = 0; i < nd - 2; i++)
+        if (t->strides[i] < 0) return false;
+    return true;
+}
+
+/* t itself (+1) when readable in place, else a contiguous copy made outside the graph. */
+static xt_tensor *readable(xt_tensor *t)
+{
+    if (readable_in_place(t)) {
+        xt_tensor_retain(t);
+        return t;
+    }
+    int32_t prev = xt_set_grad_enabled(0);
+    xt_tensor *c = xt_contiguous(t);
+    xt_set_grad_enabled(prev);
+    return c;
+}
+
+/* Fill in's operand view of t (readable in place) for `units` units; false on OOM. */
+static bool input_of(const xt_tensor *t, int64_t units, sdpa_input *in)
+{
+    int32_t nd = t->ndim;
+    int64_t rows = t->shape[nd - 2], width = t->shape[nd - 1];
+    in->data = t->data;
+    in->ld = rows > 1 ? t->strides[nd - 2] : width;
+    in->off = malloc(sizeof(int64_t) * (size_t)(units > 0 ? units : 1));
+    if (!in->off) return false;
+    for (int64_t n = 0; n < units; n++) {
+        int64_t rest = n, off = 0;
+        for (int32_t i = nd - 3; i >= 0; i--) {
+            off += (rest % t->shape[i]) * t->strides[i];
+            rest /= t->shape[i];
+        }
+        in->off[n] = off;
+    }
+    return true;
+}
+
+/* The three inputs as operands; false (error set) on OOM, with nothing left allocated. */
+static bool inputs_of(const xt_tensor *q, const xt_tensor *k, const xt_tensor *v, int64_t units,
+                      sdpa_input in[3])
+{
+    memset(in, 0, 3 * sizeof *in);
+    if (input_of(q, units, &in[0]) && input_of(k, units, &in[1]) && input_of(v, units, &in[2]))
+        return true;
+    for (int i = 0; i < 3; i++) free(in[i].off);
+    xt_fail(XT_ERR_OOM, "scaled_dot_product_attention: out of memory");
+    return false;
+}
+
+static void free_inputs(sdpa_input in[3])
+{
+    for (int i = 0; i < 3; i++) free(in[i].off);
+}
+
 /* ==== the op ============================================================================= */
 
-/* saved: 0 q, 1 k, 2 v (contiguous), 3 out, 4 lse. iargs: 0 causal. fargs: 0 scale. */
+static sdpa_geom geometry(const xt_tensor *q, const xt_tensor *k, const xt_tensor *v)
+{
+    int32_t nd = q->ndim;
+    sdpa_geom g = {.units = xt_shape_numel(nd - 2, q->shape), .T = q->shape[nd - 2],
+                   .S = k->shape[nd - 2], .d = q->shape[nd - 1], .dv = v->shape[nd - 1],
+                   .keep_scale = 1.0f};
+    g.offset = g.S - g.T;
+    return g;
+}
+
+/* saved: 0 q, 1 k, 2 v (readable in place), 3 out, 4 lse.
+ * iargs: 0 causal, 1 dropout, 2 seed, 3 rng offset. fargs: 0 scale, 1 p. */
 static xt_status sdpa_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinputs)
 {
     xt_tensor *q = xt_node_saved(node, 0), *k = xt_node_saved(node, 1);
     xt_tensor *v = xt_node_saved(node, 2), *out = xt_node_saved(node, 3);
     xt_tensor *lse = xt_node_saved(node, 4);
     if (!q || !k || !v || !out || !lse) return xt_last_status();
-    int32_t nd = q->ndim;
-    sdpa_geom g = {.T = q->shape[nd - 2], .S = k->shape[nd - 2], .d = q->shape[nd - 1],
-                   .dv = v->shape[nd - 1], .causal = (int)node->iargs[0],
-                   .scale = (float)node->fargs[0]};
-    g.units = xt_numel(lse) / (g.T > 0 ? g.T : 1);
-    g.offset = g.S - g.T;
-    if (g.T == 0) g.units = 0;
+    sdpa_geom g = geometry(q, k, v);
+    g.causal = (int)node->iargs[0];
+    g.scale = (float)node->fargs[0];
+    if (node->iargs[1]) {
+        double p = node->fargs[1];
+        g.dropout = 1;
+        g.keep_scale = (float)(1.0 / (1.0 - p));
+        g.threshold = (uint64_t)(p * 4294967296.0);
+        g.seed = (uint64_t)node->iargs[2];
+        g.rng_offset = (uint64_t)node->iargs[3];
+    }
     bool need_q = xt_node_needs(node, 0), need_k = xt_node_needs(node, 1),
          need_v = xt_node_needs(node, 2);
     xt_tensor *dy = xt_contiguous(dout);
@@ -353,11 +510,19 @@ static xt_status sdpa_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinpu
     xt_tensor *dk = need_k ? xt_zeros(k->ndim, k->shape, XT_FLOAT32) : NULL;
     xt_tensor *dv = need_v ? xt_zeros(v->ndim, v->shape, XT_FLOAT32) : NULL;
     xt_status st = XT_OK;
-    if (!dy || (need_q && !dq) || (need_k && !dk) || (need_v && !dv))
+    sdpa_input in[3];
+    if (!dy || (need_q && !dq) || (need_k && !dk) || (need_v && !dv)) {
         st = xt_last_status();
-    else if (g.units > 0)
-        st = backward(&g, q->data, k->data, v->data, out->data, dy->data, lse->data,
-                      dq ? dq->data : NULL, dk ? dk->data : NULL, dv ? dv->data : NULL);
+    } else if (g.units > 0 && g.T > 0) {
+        if (!inputs_of(q, k, v, g.units, in)) {
+            st = xt_last_status();
+        } else {
+            sdpa_grads gr = {out->data, dy->data, lse->data, dq ? dq->data : NULL,
+                             dk ? dk->data : NULL, dv ? dv->data : NULL};
+            st = backward(&g, &in[0], &in[1], &in[2], &gr);
+            free_inputs(in);
+        }
+    }
     xt_tensor_release(dy);
     if (st != XT_OK) {
         xt_tensor_release(dq);
@@ -371,17 +536,8 @@ static xt_status sdpa_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinpu
     return XT_OK;
 }
 
-/* t as a contiguous tensor (+1), copied outside the graph: the node goes on t itself. */
-static xt_tensor *dense(xt_tensor *t)
-{
-    int32_t prev = xt_set_grad_enabled(0);
-    xt_tensor *c = xt_contiguous(t);
-    xt_set_grad_enabled(prev);
-    return c;
-}
-
 static xt_status check_args(const xt_tensor *q, const xt_tensor *k, const xt_tensor *v,
-                            int32_t causal, double scale)
+                            int32_t causal, double scale, double p, const xt_rng *rng)
 {
     const char *op = "scaled_dot_product_attention";
     const xt_tensor *ts[3] = {q, k, v};
@@ -428,39 +584,60 @@ static xt_status check_args(const xt_tensor *q, const xt_tensor *k, const xt_ten
     if (isnan(scale) || isinf(scale))
         return xt_fail(XT_ERR_ARG, "%s: scale must be finite (<= 0 for 1/sqrt(d)), got %g", op,
                        scale);
+    if (!(p >= 0 && p < 1))
+        return xt_fail(XT_ERR_ARG, "%s: dropout probability must be in [0, 1), got %g", op, p);
+    if (p > 0 && !rng)
+        return xt_fail(XT_ERR_ARG, "%s: dropout needs a generator (rng is NULL)", op);
     return XT_OK;
 }
 
-xt_tensor *xt_scaled_dot_product_attention(xt_tensor *q, xt_tensor *k, xt_tensor *v,
-                                           int32_t causal, double scale)
+xt_tensor *xt_scaled_dot_product_attention_dropout(xt_tensor *q, xt_tensor *k, xt_tensor *v,
+                                                   int32_t causal, double scale, double p,
+                                                   xt_rng *rng)
 {
-    if (check_args(q, k, v, causal, scale) != XT_OK) return NULL;
-    int32_t nd = q->ndim;
-    sdpa_geom g = {.T = q->shape[nd - 2], .S = k->shape[nd - 2], .d = q->shape[nd - 1],
-                   .dv = v->shape[nd - 1], .causal = causal != 0};
-    g.offset = g.S - g.T;
-    g.units = xt_shape_numel(nd - 2, q->shape);
+    if (check_args(q, k, v, causal, scale, p, rng) != XT_OK) return NULL;
+    sdpa_geom g = geometry(q, k, v);
+    g.causal = causal != 0;
     if (scale <= 0) scale = 1.0 / sqrt((double)g.d);
     g.scale = (float)scale;
+    if (p > 0) {
+        g.dropout = 1;
+        g.keep_scale = (float)(1.0 / (1.0 - p));
+        g.threshold = (uint64_t)(p * 4294967296.0);
+        g.seed = rng->seed;
+        g.rng_offset = rng->offset;
+        rng->offset += (uint64_t)(g.units * g.T) * (uint64_t)((g.S + 3) / 4);
+    }
 
+    int32_t nd = q->ndim;
     int64_t out_shape[XT_MAX_DIMS];
     memcpy(out_shape, q->shape, sizeof(int64_t) * (size_t)nd);
     out_shape[nd - 1] = g.dv;
-    xt_tensor *qc = dense(q), *kc = dense(k), *vc = dense(v);
+    xt_tensor *qr = readable(q), *kr = readable(k), *vr = readable(v);
     xt_tensor *out = xt_empty(nd, out_shape, XT_FLOAT32);
     xt_tensor *lse = xt_empty(nd - 1, q->shape, XT_FLOAT32);   /* [...,T] */
-    xt_tensor *tmp[5] = {qc, kc, vc, out, lse};
-    bool ok = qc && kc && vc && out && lse;
-    if (ok && g.units > 0 && g.T > 0)
-        ok = forward(&g, qc->data, kc->data, vc->data, out->data, lse->data) == XT_OK;
+    xt_tensor *tmp[5] = {qr, kr, vr, out, lse};
+    bool ok = qr && kr && vr && out && lse;
+    if (ok && g.units > 0 && g.T > 0) {
+        sdpa_input in[3];
+        ok = inputs_of(qr, kr, vr, g.units, in);
+        if (ok) {
+            ok = forward(&g, &in[0], &in[1], &in[2], out->data, lse->data) == XT_OK;
+            free_inputs(in);
+        }
+    }
     xt_tensor *inputs[3] = {q, k, v};
     if (ok && xt_needs_grad(3, inputs)) {
         xt_node *node = xt_node_new("scaled_dot_product_attention", sdpa_backward, 3, inputs);
-        ok = node && !xt_node_save(node, qc) && !xt_node_save(node, kc) &&
-             !xt_node_save(node, vc) && !xt_node_save(node, out) && !xt_node_save(node, lse);
+        ok = node && !xt_node_save(node, qr) && !xt_node_save(node, kr) &&
+             !xt_node_save(node, vr) && !xt_node_save(node, out) && !xt_node_save(node, lse);
         if (ok) {
             node->iargs[0] = g.causal;
+            node->iargs[1] = g.dropout;
+            node->iargs[2] = (int64_t)g.seed;
+            node->iargs[3] = (int64_t)g.rng_offset;
             node->fargs[0] = g.scale;
+            node->fargs[1] = p;
             xt_node_attach(node, out);
         } else {
             xt_node_release(node);
@@ -469,4 +646,10 @@ xt_tensor *xt_scaled_dot_product_attention(xt_tensor *q, xt_tensor *k, xt_tensor
     if (ok) tmp[3] = NULL;  /* out is returned */
     for (int i = 0; i < 5; i++) xt_tensor_release(tmp[i]);
     return ok ? out : NULL;
+}
+
+xt_tensor *xt_scaled_dot_product_attention(xt_tensor *q, xt_tensor *k, xt_tensor *v,
+                                           int32_t causal, double scale)
+{
+    return xt_scaled_dot_product_attention_dropout(q, k, v, causal, scale, 0.0, NULL);
 }

@@ -1,10 +1,11 @@
 /*
  * test_sdpa.c: scaled_dot_product_attention against a plain composition written here in
- * double precision (scores = scale * q k^T with the causal mask, softmax, times v; and its
- * analytic backward), finite-difference gradient checks (causal and not, T not a multiple of
- * the 64-row tile, T != S), PyTorch fixtures (tests/fixtures/sdpa, make_sdpa_fixtures.py),
- * causality, large logits, strided inputs, identical bits for any thread count (the
- * backward's one-pass and two-pass schedules), peak memory, and every error path.
+ * double precision (scores = scale * q k^T with the causal mask, softmax, optional dropout
+ * of the weights, times v; and its analytic backward), finite-difference gradient checks
+ * (causal and not, T not a multiple of the 64-row tile, T != S, dropout), PyTorch fixtures
+ * (tests/fixtures/sdpa, make_sdpa_fixtures.py), causality, large logits, strided views read
+ * in place, identical bits for any thread count (the backward's one-pass and two-pass
+ * schedules), peak memory, autograd bookkeeping and every error path.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -35,15 +36,33 @@ static xt_tensor *v_of(const shape4 *s)
     return test_randn(4, sh, 1, 0);
 }
 
+/* Dropout on the attention weights as sdpa.c documents it: weight (n, i, j) is kept when
+ * lane j % 4 of philox(seed, offset + (n*T + i) * ceil(S/4) + j / 4) is >= p * 2^32. */
+typedef struct drop_spec {
+    double p;   /* 0: no dropout */
+    uint64_t seed, offset;
+} drop_spec;
+
+static double keep_factor(const drop_spec *dr, const shape4 *s, int64_t n, int64_t i, int64_t j)
+{
+    if (!dr || dr->p == 0) return 1;
+    uint32_t r[4];
+    xt_philox(dr->seed, dr->offset + (uint64_t)((n * s->T + i) * ((s->S + 3) / 4) + j / 4), r);
+    return (uint64_t)r[j % 4] >= (uint64_t)(dr->p * 4294967296.0) ? 1 / (1 - dr->p) : 0;
+}
+
 /* Reference attention of contiguous q, k, v: out [units,T,dv]; with dout, also dq, dk, dv
- * (any of which may be NULL). P is formed row by row; the backward is the textbook one:
- * dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(P * dP)), dQ = scale dS K, dK = scale dS^T Q. */
-static void reference(const shape4 *s, bool causal, double scale, const float *q,
-                      const float *k, const float *v, const float *dout, double *out,
-                      double *dq, double *dk, double *dv)
+ * (any of which may be NULL). P is formed row by row, P~ = P * Z / (1-p) with dropout; the
+ * backward is the textbook one: dV = P~^T dO, dP = (dO V^T) * Z / (1-p),
+ * dS = P * (dP - rowsum(P * dP)), dQ = scale dS K, dK = scale dS^T Q. */
+static void reference_dropout(const shape4 *s, bool causal, double scale, const drop_spec *dr,
+                              const float *q, const float *k, const float *v,
+                              const float *dout, double *out, double *dq, double *dk,
+                              double *dv)
 {
     int64_t units = s->B * s->H, T = s->T, S = s->S, d = s->d, e = s->dv;
     double *p = malloc(sizeof(double) * (size_t)S), *dp = malloc(sizeof(double) * (size_t)S);
+    double *z = malloc(sizeof(double) * (size_t)S);
     if (dq) memset(dq, 0, sizeof(double) * (size_t)(units * T * d));
     if (dk) memset(dk, 0, sizeof(double) * (size_t)(units * S * d));
     if (dv) memset(dv, 0, sizeof(double) * (size_t)(units * S * e));
@@ -59,10 +78,13 @@ static void reference(const shape4 *s, bool causal, double scale, const float *q
                 if (p[j] > mx) mx = p[j];
             }
             for (int64_t j = 0; j < visible; j++) sum += (p[j] = exp(p[j] - mx));
-            for (int64_t j = 0; j < visible; j++) p[j] /= sum;
+            for (int64_t j = 0; j < visible; j++) {
+                p[j] /= sum;
+                z[j] = keep_factor(dr, s, n, i, j);
+            }
             for (int64_t c = 0; c < e; c++) {
                 double o = 0;
-                for (int64_t j = 0; j < visible; j++) o += p[j] * vn[j * e + c];
+                for (int64_t j = 0; j < visible; j++) o += p[j] * z[j] * vn[j * e + c];
                 if (out) out[(n * T + i) * e + c] = o;
             }
             if (!dout) continue;
@@ -72,10 +94,10 @@ static void reference(const shape4 *s, bool causal, double scale, const float *q
                 double acc = 0;
                 for (int64_t c = 0; c < e; c++) {
                     acc += (double)go[c] * vn[j * e + c];
-                    if (dv) dv[(n * S + j) * e + c] += p[j] * go[c];
+                    if (dv) dv[(n * S + j) * e + c] += p[j] * z[j] * go[c];
                 }
-                dp[j] = acc;
-                pdp += p[j] * acc;
+                dp[j] = acc * z[j];
+                pdp += p[j] * dp[j];
             }
             for (int64_t j = 0; j < visible; j++) {
                 double ds = scale * p[j] * (dp[j] - pdp);
@@ -88,6 +110,14 @@ static void reference(const shape4 *s, bool causal, double scale, const float *q
     }
     free(p);
     free(dp);
+    free(z);
+}
+
+static void reference(const shape4 *s, bool causal, double scale, const float *q,
+                      const float *k, const float *v, const float *dout, double *out,
+                      double *dq, double *dk, double *dv)
+{
+    reference_dropout(s, causal, scale, NULL, q, k, v, dout, out, dq, dk, dv);
 }
 
 /* max |a - b| <= tol * max(1, max |b|) over n elements (NaN fails). */
@@ -113,8 +143,8 @@ static bool close_to(const char *what, const xt_tensor *a, const double *b, int6
 
 /* ---- against the plain composition: values and all three gradients -------------------- */
 
-static void check_against_reference(const char *what, shape4 s, bool causal, double scale_arg,
-                                    double magnitude)
+static void check_reference_dropout(const char *what, shape4 s, bool causal, double scale_arg,
+                                    double magnitude, double p)
 {
     xt_tensor *q = q_of(&s, magnitude), *k = k_of(&s, magnitude), *v = v_of(&s);
     int64_t osh[4] = {s.B, s.H, s.T, s.dv};
@@ -122,8 +152,11 @@ static void check_against_reference(const char *what, shape4 s, bool causal, dou
     xt_set_requires_grad(q, 1);
     xt_set_requires_grad(k, 1);
     xt_set_requires_grad(v, 1);
-    xt_tensor *out = xt_scaled_dot_product_attention(q, k, v, causal, scale_arg);
+    xt_rng rng = {77, 1234};
+    drop_spec dr = {p, rng.seed, rng.offset};
+    xt_tensor *out = xt_scaled_dot_product_attention_dropout(q, k, v, causal, scale_arg, p, &rng);
     CHECK(out != NULL);
+    CHECK(rng.offset == dr.offset + (p > 0 ? (uint64_t)(s.B * s.H * s.T * ((s.S + 3) / 4)) : 0));
     CHECK(out && out->ndim == 4 && out->shape[3] == s.dv && out->shape[2] == s.T);
     CHECK(out && xt_backward(out, dout, 0) == XT_OK);
 
@@ -133,7 +166,8 @@ static void check_against_reference(const char *what, shape4 s, bool causal, dou
     double *rq = malloc(sizeof(double) * (size_t)xt_numel(q));
     double *rk = malloc(sizeof(double) * (size_t)xt_numel(k));
     double *rv = malloc(sizeof(double) * (size_t)xt_numel(v));
-    reference(&s, causal, scale, q->data, k->data, v->data, dout->data, ro, rq, rk, rv);
+    reference_dropout(&s, causal, scale, &dr, q->data, k->data, v->data, dout->data, ro, rq,
+                      rk, rv);
     char name[160];
     double tol = 2e-5 * (1 + magnitude * magnitude);
     snprintf(name, sizeof name, "%s: out", what);
@@ -152,6 +186,12 @@ static void check_against_reference(const char *what, shape4 s, bool causal, dou
     for (int i = 0; i < 5; i++) xt_tensor_release(ts[i]);
 }
 
+static void check_against_reference(const char *what, shape4 s, bool causal, double scale_arg,
+                                    double magnitude)
+{
+    check_reference_dropout(what, s, causal, scale_arg, magnitude, 0);
+}
+
 static void test_reference(void)
 {
     /* T and S below, at and above the 64-row tile, not multiples of it */
@@ -164,35 +204,43 @@ static void test_reference(void)
     check_against_reference("single query and key", (shape4){3, 1, 1, 1, 5, 3}, true, 0, 1);
     check_against_reference("one query, 100 keys", (shape4){1, 2, 1, 100, 8, 8}, true, 0, 1);
     check_against_reference("causal 200 one unit", (shape4){1, 1, 200, 200, 16, 16}, true, 0, 1);
+    check_reference_dropout("dropout causal 130", (shape4){2, 2, 130, 130, 8, 8}, true, 0, 1, 0.3);
+    check_reference_dropout("dropout full 70x83", (shape4){1, 3, 70, 83, 8, 5}, false, 0, 1, 0.5);
+    check_reference_dropout("dropout causal offset 1x7", (shape4){2, 1, 1, 7, 4, 4}, true, 0, 1, 0.2);
 }
 
 /* ---- finite differences ---------------------------------------------------------------- */
 
 typedef struct fd_ctx {
     int32_t causal;
-    double scale;
+    double scale, p;
 } fd_ctx;
 
+/* With dropout, every call starts the generator at the same place: the same mask. */
 static xt_tensor *sdpa_fn(xt_tensor *const *in, const void *ctx)
 {
     const fd_ctx *c = ctx;
-    return xt_scaled_dot_product_attention(in[0], in[1], in[2], c->causal, c->scale);
+    xt_rng rng = {5, 0};
+    return xt_scaled_dot_product_attention_dropout(in[0], in[1], in[2], c->causal, c->scale,
+                                                   c->p, &rng);
 }
 
-static void gradcheck_case(const char *what, shape4 s, int32_t causal, double scale)
+static void gradcheck_case(const char *what, shape4 s, int32_t causal, double scale, double p)
 {
     xt_tensor *in[3] = {q_of(&s, 1), k_of(&s, 1), v_of(&s)};
-    fd_ctx ctx = {causal, scale};
+    fd_ctx ctx = {causal, scale, p};
     CHECK(test_gradcheck(what, sdpa_fn, &ctx, 3, in));
     for (int i = 0; i < 3; i++) xt_tensor_release(in[i]);
 }
 
 static void test_gradcheck_all(void)
 {
-    gradcheck_case("gradcheck causal 70 (two tiles)", (shape4){1, 2, 70, 70, 4, 4}, 1, 0);
-    gradcheck_case("gradcheck full 67x75 (T != S)", (shape4){1, 2, 67, 75, 4, 3}, 0, 0);
-    gradcheck_case("gradcheck causal offset 9x13", (shape4){2, 1, 9, 13, 6, 5}, 1, 0.7);
-    gradcheck_case("gradcheck full 5x3", (shape4){2, 2, 5, 3, 3, 2}, 0, 0);
+    gradcheck_case("gradcheck causal 70 (two tiles)", (shape4){1, 2, 70, 70, 4, 4}, 1, 0, 0);
+    gradcheck_case("gradcheck full 67x75 (T != S)", (shape4){1, 2, 67, 75, 4, 3}, 0, 0, 0);
+    gradcheck_case("gradcheck causal offset 9x13", (shape4){2, 1, 9, 13, 6, 5}, 1, 0.7, 0);
+    gradcheck_case("gradcheck full 5x3", (shape4){2, 2, 5, 3, 3, 2}, 0, 0, 0);
+    gradcheck_case("gradcheck dropout causal 70", (shape4){1, 1, 70, 70, 4, 4}, 1, 0, 0.4);
+    gradcheck_case("gradcheck dropout full 11x13", (shape4){2, 1, 11, 13, 3, 3}, 0, 0, 0.25);
 }
 
 /* ---- PyTorch fixtures ------------------------------------------------------------------- */
@@ -324,34 +372,122 @@ static void test_large_logits(void)
     }
 }
 
-/* ---- strided inputs: a [B,T,H,d] tensor permuted to [B,H,T,d] --------------------------- */
+/* ---- strided inputs ------------------------------------------------------------------------
+ * Views that sdpa reads in place (heads permuted out of [B,T,H,d], a narrowed cache, keys
+ * expanded over heads) and one it must copy (last dim not contiguous) give the values and
+ * the gradients of their contiguous copies. The gradients reach the viewed leaves through
+ * the view ops. */
+
+typedef xt_tensor *(*view_fn)(xt_tensor *leaf);
+
+static xt_tensor *heads_of_btHd(xt_tensor *t)   /* [B,T,H,d] -> [B,H,T,d] */
+{
+    int32_t perm[4] = {0, 2, 1, 3};
+    return xt_permute(t, 4, perm);
+}
+static xt_tensor *cache_prefix(xt_tensor *t)    /* [B,H,cap,d] -> [B,H,cap-7,d] */
+{
+    return xt_narrow(t, 2, 0, t->shape[2] - 7);
+}
+static xt_tensor *over_heads(xt_tensor *t)      /* [B,1,S,d] -> [B,3,S,d] */
+{
+    int64_t sh[4] = {-1, 3, -1, -1};
+    return xt_expand(t, 4, sh);
+}
+static xt_tensor *swap_last(xt_tensor *t)       /* [B,H,d,T] -> [B,H,T,d], d not contiguous */
+{
+    return xt_transpose(t, 2, 3);
+}
+
+/* dst += src, where dst is a view and src is contiguous with the view's shape (4-D); an
+ * expanded view adds every copy into the one element it reads. */
+static void add_through_view(xt_tensor *dst, const xt_tensor *src)
+{
+    int64_t idx[4] = {0, 0, 0, 0};
+    const float *ps = src->data;
+    float *pd = dst->data;
+    for (int64_t e = 0; e < xt_numel(src); e++) {
+        int64_t off = 0;
+        for (int k = 0; k < 4; k++) off += idx[k] * dst->strides[k];
+        pd[off] += ps[e];
+        for (int k = 3; k >= 0; k--) {
+            if (++idx[k] < dst->shape[k]) break;
+            idx[k] = 0;
+        }
+    }
+}
+
+/* sdpa of view(leaf_i) vs of contiguous copies of the views: the outputs, and each leaf's
+ * gradient vs the copy's gradient taken back through the view. */
+static void strided_case(const char *what, view_fn view, const int64_t *leaf_shape,
+                         bool in_place, int32_t causal)
+{
+    xt_tensor *leaf[3], *viewed[3], *copy[3];
+    for (int i = 0; i < 3; i++) {
+        leaf[i] = test_randn(4, leaf_shape, 1, 0);
+        xt_set_requires_grad(leaf[i], 1);
+        viewed[i] = view(leaf[i]);
+        int32_t mode = xt_set_grad_enabled(0);
+        copy[i] = xt_clone(viewed[i]);
+        xt_set_grad_enabled(mode);
+        xt_set_requires_grad(copy[i], 1);
+    }
+    CHECK(viewed[0] && !xt_is_contiguous(viewed[0]));
+    int64_t live = xt_live_bytes();
+    xt_tensor *a = xt_scaled_dot_product_attention(viewed[0], viewed[1], viewed[2], causal, 0);
+    /* what the graph keeps: out and lse, plus copies of q, k, v when they cannot be read in
+     * place (the copies are a little larger than out) */
+    int64_t kept = xt_live_bytes() - live, own = a ? 4 * (xt_numel(a) + xt_numel(a) / a->shape[3]) : 0;
+    CHECK(in_place ? kept <= own + 1024 : kept > own + 3 * 4 * xt_numel(a) - 1024);
+    xt_tensor *b = xt_scaled_dot_product_attention(copy[0], copy[1], copy[2], causal, 0);
+    xt_tensor *dout = a ? test_randn(a->ndim, a->shape, 1, 0) : NULL;
+    CHECK(a && b && xt_backward(a, dout, 0) == XT_OK && xt_backward(b, dout, 0) == XT_OK);
+    char name[160];
+    snprintf(name, sizeof name, "%s: out", what);
+    CHECK(test_close(name, a, b, 1e-6));
+    for (int i = 0; i < 3; i++) {
+        xt_tensor *want = xt_zeros(4, leaf_shape, XT_FLOAT32), *want_view = view(want);
+        bool ok = leaf[i]->grad && copy[i]->grad;
+        CHECK(ok);
+        if (ok) {
+            add_through_view(want_view, copy[i]->grad);
+            snprintf(name, sizeof name, "%s: gradient of input %d", what, i);
+            CHECK(test_close(name, leaf[i]->grad, want, 1e-5));
+        }
+        xt_tensor_release(want_view);
+        xt_tensor_release(want);
+    }
+    for (int i = 0; i < 3; i++) {
+        xt_tensor_release(leaf[i]);
+        xt_tensor_release(viewed[i]);
+        xt_tensor_release(copy[i]);
+    }
+    xt_tensor_release(a);
+    xt_tensor_release(b);
+    xt_tensor_release(dout);
+}
 
 static void test_strided(void)
 {
-    int64_t sh[4] = {2, 40, 3, 8};     /* [B,T,H,d] as a projection produces it */
-    int32_t perm[4] = {0, 2, 1, 3};
-    xt_tensor *qt = test_randn(4, sh, 1, 0), *kt = test_randn(4, sh, 1, 0);
-    xt_tensor *vt = test_randn(4, sh, 1, 0);
-    xt_tensor *q = xt_permute(qt, 4, perm), *k = xt_permute(kt, 4, perm), *v = xt_permute(vt, 4, perm);
-    CHECK(q && !xt_is_contiguous(q));
-    xt_tensor *qc = xt_contiguous(q), *kc = xt_contiguous(k), *vc = xt_contiguous(v);
-    xt_tensor *a = xt_scaled_dot_product_attention(q, k, v, 1, 0);
-    xt_tensor *b = xt_scaled_dot_product_attention(qc, kc, vc, 1, 0);
-    CHECK(a && b && test_max_diff(a, b) == 0);
-    xt_tensor *ts[11] = {qt, kt, vt, q, k, v, qc, kc, vc, a, b};
-    for (int i = 0; i < 11; i++) xt_tensor_release(ts[i]);
+    int64_t bthd[4] = {2, 70, 3, 8}, cache[4] = {2, 3, 77, 8}, shared[4] = {2, 1, 50, 8};
+    int64_t dt[4] = {1, 2, 8, 66};
+    strided_case("heads permuted from [B,T,H,d]", heads_of_btHd, bthd, true, 1);
+    strided_case("narrowed cache", cache_prefix, cache, true, 1);
+    strided_case("keys expanded over heads", over_heads, shared, true, 0);
+    strided_case("last dim not contiguous", swap_last, dt, false, 1);
 }
 
 /* ---- the same bits for any thread count (and so for either backward schedule) ------------ */
 
-static void run_with_threads(int32_t threads, shape4 s, xt_tensor *q, xt_tensor *k,
+static void run_with_threads(int32_t threads, double p, xt_tensor *q, xt_tensor *k,
                              xt_tensor *v, xt_tensor *dout, xt_tensor **res)
 {
     xt_set_num_threads(threads);
     xt_set_requires_grad(q, 1);
     xt_set_requires_grad(k, 1);
     xt_set_requires_grad(v, 1);
-    res[0] = xt_scaled_dot_product_attention(q, k, v, 1, 0);
+    xt_rng rng = {9, 0};
+    res[0] = xt_scaled_dot_product_attention_dropout(q, k, v, 1, 0, p, &rng);
     CHECK(res[0] && xt_backward(res[0], dout, 0) == XT_OK);
     res[1] = xt_get_grad(q);
     res[2] = xt_get_grad(k);
@@ -364,16 +500,17 @@ static void run_with_threads(int32_t threads, shape4 s, xt_tensor *q, xt_tensor 
 static void test_thread_independence(void)
 {
     int32_t saved = xt_get_num_threads();
-    shape4 shapes[2] = {{1, 1, 300, 300, 16, 16}, {1, 3, 200, 260, 16, 8}};
-    for (int c = 0; c < 2; c++) {
+    shape4 shapes[3] = {{1, 1, 300, 300, 16, 16}, {1, 3, 200, 260, 16, 8}, {1, 1, 150, 150, 8, 8}};
+    double drop[3] = {0, 0, 0.3};
+    for (int c = 0; c < 3; c++) {
         shape4 s = shapes[c];
         xt_tensor *q = q_of(&s, 1), *k = k_of(&s, 1), *v = v_of(&s);
         int64_t osh[4] = {s.B, s.H, s.T, s.dv};
         xt_tensor *dout = test_randn(4, osh, 1, 0);
         xt_tensor *one[4] = {0}, *two[4] = {0}, *three[4] = {0};
-        run_with_threads(1, s, q, k, v, dout, one);
-        run_with_threads(2, s, q, k, v, dout, two);
-        run_with_threads(3, s, q, k, v, dout, three);
+        run_with_threads(1, drop[c], q, k, v, dout, one);
+        run_with_threads(2, drop[c], q, k, v, dout, two);
+        run_with_threads(3, drop[c], q, k, v, dout, three);
         for (int i = 0; i < 4; i++) {
             CHECK(test_max_diff(one[i], two[i]) == 0);
             CHECK(test_max_diff(one[i], three[i]) == 0);
@@ -503,6 +640,17 @@ static void test_errors(void)
     xt_tensor_release(fine);
     CHECK(!xt_scaled_dot_product_attention(q, k, v, 0, NAN) && test_error_has("scale must be finite"));
     CHECK(!xt_scaled_dot_product_attention(q, k, v, 0, INFINITY) && test_error_has("scale"));
+    xt_rng rng = {1, 0};
+    CHECK(!xt_scaled_dot_product_attention_dropout(q, k, v, 0, 0, 1.0, &rng) &&
+          test_error_has("dropout probability must be in [0, 1)"));
+    CHECK(!xt_scaled_dot_product_attention_dropout(q, k, v, 0, 0, -0.1, &rng) &&
+          test_error_has("dropout probability"));
+    CHECK(!xt_scaled_dot_product_attention_dropout(q, k, v, 0, 0, 0.1, NULL) &&
+          test_error_has("needs a generator"));
+    CHECK(rng.offset == 0);   /* failed calls draw nothing */
+    xt_tensor *nodrop = xt_scaled_dot_product_attention_dropout(q, k, v, 0, 0, 0, NULL);
+    CHECK(nodrop != NULL);
+    xt_tensor_release(nodrop);
     int64_t z4[4] = {2, 3, 5, 0}, zk[4] = {2, 3, 7, 0};
     xt_tensor *qz = xt_zeros(4, z4, XT_FLOAT32), *kz = xt_zeros(4, zk, XT_FLOAT32);
     CHECK(!xt_scaled_dot_product_attention(qz, kz, v, 0, 0) && test_error_has("feature dims"));
