@@ -226,6 +226,23 @@ xt_tensor *xt_bmm(xt_tensor *a, xt_tensor *b);     /* [B,n,k] x [B,k,m] */
 /* y = x w^T + b: x [..., in], w [out, in], b [out] or NULL */
 xt_tensor *xt_linear(xt_tensor *x, xt_tensor *w, xt_tensor *b);
 
+/* ---- attention: softmax ----------------------------------------------------------
+ * q [...,T,d], k [...,S,d], v [...,S,dv] with the same leading dims (usually [B,H]) ->
+ * [...,T,dv]: softmax(scale * q k^T) v over the keys, row by row; scale <= 0 means
+ * 1/sqrt(d). causal != 0: query i sees keys j <= i + S - T (the queries are the last T
+ * positions; needs S >= T; S == T is the usual lower-triangular mask). Computed in tiles
+ * with an online softmax (FlashAttention-2): extra memory is linear in T and S, only the
+ * row logsumexp is kept, and the backward recomputes the tiles. q, k, v whose last dim is
+ * contiguous (a head permuted out of [B,T,H,d], a narrowed cache) are read without a copy. */
+xt_tensor *xt_scaled_dot_product_attention(xt_tensor *q, xt_tensor *k, xt_tensor *v,
+                                           int32_t causal, double scale);
+/* The same with dropout on the attention weights: each weight is zeroed with probability
+ * p in [0,1) and the rest scaled by 1/(1-p); the mask comes from rng's Philox stream (which
+ * advances) and is regenerated in the backward, never stored. p == 0 needs no rng. */
+xt_tensor *xt_scaled_dot_product_attention_dropout(xt_tensor *q, xt_tensor *k, xt_tensor *v,
+                                                   int32_t causal, double scale, double p,
+                                                   xt_rng *rng);
+
 /* ---- neural-network kernels (forward and backward fused in C) -------------------
  * Images are [N,C,H,W]. Class targets are int64 counted from base. */
 
