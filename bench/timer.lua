@@ -1,16 +1,7 @@
 -- bench/timer.lua: wall-clock timing for benchmarks (the best of several repeats).
-local ffi = require 'ffi'
-ffi.cdef [[
-typedef struct { long tv_sec; long tv_nsec; } xt_bench_timespec;
-int clock_gettime(int clk_id, xt_bench_timespec *tp);
-]]
-local ts = ffi.new('xt_bench_timespec')
 local M = {}
 
-function M.now()
-    ffi.C.clock_gettime(1, ts)   -- CLOCK_MONOTONIC
-    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
+M.now = require('xt.clock').now
 
 -- Seconds per call of fn: two warm-up calls, then repeats for at least min_time seconds;
 -- the best of 5 batches, so a busy moment on the machine does not count.

@@ -400,6 +400,18 @@ int32_t xt_loader_next(xt_loader *loader, xt_tensor **input, xt_tensor **target)
 xt_tensor *xt_load_npy(const char *path);               /* C-order <f4, <i8, |u1 */
 xt_status xt_save_npy(const char *path, xt_tensor *t);
 
+/* ---- drawing, for figures -------------------------------------------------------
+ * Into a uint8 image [H,W,C] in place; colour has C entries. Coordinates are pixels from the
+ * top-left corner (0-based positions, fractional allowed); drawing clips to the image. */
+xt_status xt_draw_rect(xt_tensor *img, double x0, double y0, double x1, double y1,
+                       int32_t ncolour, const uint8_t *colour);
+xt_status xt_draw_line(xt_tensor *img, double x0, double y0, double x1, double y1,
+                       double thickness, int32_t ncolour, const uint8_t *colour);
+/* A small bitmap font (printable ASCII, '\n' starts a line); (x, y) is the top-left corner. */
+xt_status xt_draw_text(xt_tensor *img, double x, double y, const char *text, int32_t scale,
+                       int32_t ncolour, const uint8_t *colour);
+void xt_text_size(const char *text, int32_t scale, int32_t *width, int32_t *height);
+
 /* XT_API_END */
 
 #ifdef __cplusplus

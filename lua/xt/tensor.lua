@@ -100,6 +100,7 @@ function Size.numel(s)
     for i = 1, #s do n = n * s[i] end
     return n
 end
+function Size.totable(s) return {unpack(s)} end
 xt.Size = function(t) return setmetatable({unpack(t)}, Size) end
 
 -- Shape arguments: (2, 3), ({2, 3}) or (t.shape), optionally followed by an options
