@@ -133,6 +133,11 @@ xt_status transforms_check(int32_t n, const xt_transform *tf, const char *op)
     return XT_OK;
 }
 
+xt_status xt_transforms_check(int32_t n_transforms, const xt_transform *transforms)
+{
+    return transforms_check(n_transforms, transforms, "transforms");
+}
+
 int32_t transforms_split(int32_t n, const xt_transform *tf)
 {
     for (int32_t i = 0; i < n; i++)

@@ -361,6 +361,8 @@ typedef struct xt_transform {
     double std[XT_TRANSFORM_MAX_CHANNELS];
 } xt_transform;
 
+/* Check a pipeline's parameters and order (the loader and xt_transform_apply do too). */
+xt_status xt_transforms_check(int32_t n_transforms, const xt_transform *transforms);
 /* Apply a pipeline to one image [H,W,C] uint8 with the random choices of sample `index`
  * in `epoch` of a loader seeded with `seed` -> float32 [C,H,W], or uint8 [H,W,C] when
  * the pipeline has no TO_TENSOR or NORMALIZE step. */

@@ -246,6 +246,33 @@ static void test_resize(void)
     xt_tensor_release(img);
 }
 
+/* Against PyTorch's F.interpolate (tests/fixtures/loader, make_loader_fixtures.py): ours is
+ * the same value rounded to uint8, so within 0.5 of the reference. */
+static void test_resize_fixtures(void)
+{
+    static const struct { const char *name; int32_t interpolation, h, w; } cases[] = {
+        {"bilinear_26x20", XT_INTERP_BILINEAR, 26, 20}, {"bilinear_7x15", XT_INTERP_BILINEAR, 7, 15},
+        {"bilinear_5x4", XT_INTERP_BILINEAR, 5, 4}, {"bilinear_13x10", XT_INTERP_BILINEAR, 13, 10},
+        {"area_13x5", XT_INTERP_AREA, 13, 5}, {"area_1x2", XT_INTERP_AREA, 1, 2},
+    };
+    xt_tensor *img = test_fixture("loader", "image", "in");
+    CHECK(img && img->dtype == XT_UINT8 && img->ndim == 3);
+    for (size_t k = 0; img && k < sizeof cases / sizeof cases[0]; k++) {
+        xt_transform t = crop_tf(XT_TRANSFORM_RESIZE, cases[k].h, cases[k].w);
+        t.interpolation = cases[k].interpolation;
+        xt_tensor *out = apply1(img, t, 0);
+        xt_tensor *want = test_fixture("loader", cases[k].name, "out");   /* [C,h,w] */
+        xt_tensor *hwc = out ? xt_permute(out, 3, (int32_t[]){2, 0, 1}) : NULL;
+        xt_tensor *got = hwc ? xt_to_dtype(hwc, XT_FLOAT32) : NULL;
+        CHECK(test_close(cases[k].name, got, want, 0.5 + 1e-3));
+        xt_tensor_release(out);
+        xt_tensor_release(hwc);
+        xt_tensor_release(got);
+        xt_tensor_release(want);
+    }
+    xt_tensor_release(img);
+}
+
 static void test_center_crop(void)
 {
     uint8_t px[25];
@@ -698,6 +725,7 @@ int main(void)
     test_random_crop();
     test_flip();
     test_resize();
+    test_resize_fixtures();
     test_center_crop();
     test_random_resized_crop();
     test_to_tensor_normalize();
