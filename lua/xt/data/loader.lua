@@ -11,7 +11,7 @@
 -- The dataset gives its samples through ds:source(): {kind = 'memory', images = uint8
 -- [N,H,W,C], labels = int64 [N]} or {kind = 'files', paths = {...}, labels = int64 [N]}
 -- (decoded by the workers, to `channels` channels: the option, else source.channels, else 3).
--- A dataset without source() (any table with #ds and ds[i] = {image =, label =}) is
+-- A dataset without source() (a table with ds:size() or #ds, and ds[i] = {image =, label =}) is
 -- gathered into memory once.
 --
 -- Each iter() runs one epoch (the first is epoch 1) and moves to the next; set_epoch(e) picks
@@ -59,7 +59,7 @@ end
 
 -- A dataset without source(): stack its images [H,W,C] uint8 and labels into memory.
 local function gather(ds)
-    local n = #ds
+    local n = type(ds.size) == 'function' and ds:size() or #ds
     local images, labels = {}, {}
     for i = 1, n do
         local s = ds[i]
@@ -136,7 +136,6 @@ end
 
 -- Number of batches in an epoch.
 function DataLoader:size() return tonumber(C.xt_loader_num_batches(self._c)) end
-DataLoader.__len = DataLoader.size
 
 function DataLoader:set_epoch(epoch)
     if type(epoch) ~= 'number' or epoch ~= math.floor(epoch) then

@@ -263,8 +263,6 @@ function Compose:__tostring()
     return 'transforms{' .. table.concat(names, ', ') .. '}'
 end
 
-function Compose:__len() return #self.steps end
-
 -- Apply to one uint8 image [H,W,C] with the random choices of sample `index` (1-based) of
 -- `epoch` in a loader seeded with `seed` -> float32 [C,H,W] (uint8 [H,W,C] without to_tensor).
 function Compose:__call(image, opts)
