@@ -153,6 +153,7 @@ describe('the op table', function()
             rand = 1, randn = 1, randint = 1, randperm = 1, detach = 1, argmax = 1, argmin = 1,
             get_grad = 1, load_npy = 1, unary = 1, binary = 1, reduce = 1, backward_waiting_dout = 1,
             squeeze_all = 1,   -- the same kernel as squeeze
+            image_decode = 1, image_load = 1, read_idx = 1, read_cifar = 1, transform_apply = 1,
         }
         local missing = {}
         for name in api:gmatch('xt_tensor %*xt_([%w_]+)%(') do
