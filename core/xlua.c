@@ -142,6 +142,7 @@ int main(int argc, char **argv)
     luaL_openlibs(L);
     lua_gc(L, LUA_GCRESTART, 0);
     xlua_init_signals();
+    xlua_replace_exit(L);
     xlua_set_package_path(L);
     create_arg_table(L, argc, argv, o.script);
     xlua_install_globals(L);

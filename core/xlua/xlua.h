@@ -17,6 +17,9 @@ void xlua_init_signals(void);
 /* 1 (and clear it) when Ctrl-C was pressed outside xlua_docall, e.g. at the prompt. */
 int xlua_take_interrupt(void);
 
+/* Replace os.exit by one that closes the Lua state (running finalizers) before exiting. */
+void xlua_replace_exit(lua_State *L);
+
 /* lua_pcall of the function below nargs arguments, with a message handler that adds a
  * traceback and turns non-string error objects into text. On error the message is left
  * on the stack; returns the lua_pcall status. */

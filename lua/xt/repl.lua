@@ -28,7 +28,6 @@ local LAZY = {
     optim = function() return require('xt').optim end,
 }
 local LAZY_SOURCE = {xt = "require 'xt'", nn = 'xt.nn', F = 'xt.nn.functional', optim = 'xt.optim'}
-repl.lazy_globals = LAZY_SOURCE
 
 -- Reading an unset global xt/nn/F/optim loads it and stores it as an ordinary global.
 -- Any other unset global reads as nil as usual. A load failure is an error at the read.

@@ -130,6 +130,18 @@ print(arg[-1], arg[-2], arg[-3])
         assert.are.equal('before\n', r.out)
     end)
 
+    it('runs finalizers at os.exit (so tensors are released), unless asked not to', function()
+        local finalizable = [[local p = newproxy(true) getmetatable(p).__gc = function() print('finalized') end ]] ..
+                            [[_G.p = p ]]
+        -- (a live tensor at exit would be reported by the sanitizer build's leak check)
+        local r = xlua('-e ' .. quote(finalizable .. 'x = xt.ones(1000) os.exit(3)'))
+        assert.are.equal(3, r.rc, r.err)
+        assert.are.equal('finalized\n', r.out)
+        r = xlua('-e ' .. quote(finalizable .. 'os.exit(0, false)'))
+        assert.are.equal(0, r.rc)
+        assert.are.equal('', r.out)
+    end)
+
     it('reads the script from stdin for - and when stdin is not a terminal', function()
         local r = xlua('- x y', 'print("stdin", ...)\n')
         assert.are.equal(0, r.rc)
@@ -246,6 +258,16 @@ describe('the xlua REPL (stdin piped, with -i)', function()
         assert.are.equal('line1\nline2\n7\n', r.out)
     end)
 
+    it('has xt, nn, F and optim at hand and prints tensors through their __tostring', function()
+        local xt = require 'xt'
+        local input = 'x = xt.ones(2, 3)\nx\nx:sum(), x.shape\nprint(type(nn.Linear), type(F.relu), type(optim.SGD))\n'
+        local r = xlua('-i', input)
+        assert.are.equal(0, r.rc, r.err)
+        local ones = xt.ones(2, 3)
+        assert.are.equal(tostring(ones) .. '\n' .. tostring(ones:sum()) .. '\t' .. tostring(ones.shape) ..
+                         '\ntable\tfunction\ttable\n', r.out)
+    end)
+
     it('prints an error with its traceback and goes on', function()
         local input = 'local function f() error("bad") end f()\nx = = 1\nerror({})\nprint("still here")\n'
         local r = xlua('-i', input)
@@ -267,10 +289,11 @@ describe('the xlua REPL (stdin piped, with -i)', function()
     it('interrupts a running computation on Ctrl-C and returns to the prompt', function()
         -- SIGINT arrives while the loop runs, long since hot. Typed code runs in the
         -- interpreter, so the hook stops the loop at once; JIT-compiled, the loop would only
-        -- see the hook once it had run to its end.
+        -- see the hook once it had run to its end. (On a busy machine the signal may even
+        -- come before the loop starts: `last` is then nil, also an interrupted loop.)
         local line = "io.popen('(sleep 0.2; kill -INT ' .. io.open('/proc/self/stat'):read('*n') .. " ..
                      "') >/dev/null 2>&1 &'):close() for i = 1, 3e9 do last = i end"
-        local r = xlua('-i', line .. '\nprint(last < 3e9)\n')
+        local r = xlua('-i', line .. '\nprint((last or 0) < 3e9)\n')
         assert.are.equal(0, r.rc)
         assert.are.equal('true\n', r.out)
         assert.truthy(r.err:find('interrupted!', 1, true))
@@ -398,6 +421,21 @@ describe('xt.repl.complete', function()
         assert.are.same({'spec_fancy:size', 'spec_fancy:view'}, repl.complete('spec_fancy:'))
         assert.are.same({'spec_fancy.shape', 'spec_fancy.size', 'spec_fancy.view'},
                         repl.complete('spec_fancy.'))
+    end)
+
+    it('completes the xt namespace, modules and tensor methods', function()
+        local xt = require 'xt'
+        rawset(_G, 'spec_t', xt.zeros(2))
+        local function has(list, name)
+            for _, v in ipairs(list) do if v == name then return true end end
+            return false
+        end
+        assert.is_true(has(repl.complete('xt.rand'), 'xt.randn'))
+        assert.is_true(has(repl.complete('xt.nn.Lin'), 'xt.nn.Linear'))
+        assert.is_true(has(repl.complete('spec_t:vie'), 'spec_t:view'))
+        assert.is_true(has(repl.complete('spec_t:'), 'spec_t:matmul'))
+        assert.is_false(has(repl.complete('spec_t:'), 'spec_t:_c'))
+        rawset(_G, 'spec_t', nil)
     end)
 
     it('hides names starting with _ unless asked for', function()
