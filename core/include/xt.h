@@ -2,7 +2,8 @@
  * xt.h: the one public header of libxt, the C core of xlua.
  *
  * Read it top to bottom as a tour: dtypes and errors, the tensor, lifetime,
- * creation, views, element-wise ops, reductions, linear algebra, autograd, files.
+ * creation, views, element-wise ops, reductions, linear algebra, autograd, images,
+ * dataset files, files.
  *
  * The region between XT_API_BEGIN and XT_API_END is handed to LuaJIT's
  * ffi.cdef verbatim (tools/gen_cdef.lua extracts it at build time), so it
@@ -288,6 +289,24 @@ xt_tensor *xt_nll_loss(xt_tensor *log_probs, xt_tensor *target, xt_tensor *weigh
 xt_tensor *xt_bce_with_logits(xt_tensor *x, xt_tensor *target, xt_tensor *pos_weight,
                               int32_t reduction);
 
+/* ---- attention: the AFT family ---------------------------------------------------------
+ * Attention Free Transformer (Zhai et al. 2021). q, k, v, out [B,T,D]; per channel c:
+ *   out[b,t,c] = sigmoid(q[b,t,c]) * sum_t' exp(k[b,t',c] + w[t,t']) v[b,t',c]
+ *                                    / sum_t' exp(k[b,t',c] + w[t,t'])
+ * causal != 0 limits the sums to t' <= t. Fused forward and backward (gradients to q, k, v
+ * and w), stable for any range of k and w, memory linear in T besides w and its gradient. */
+xt_tensor *xt_aft_full(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w,
+                       int32_t causal);                                  /* w [T,T] */
+xt_tensor *xt_aft_simple(xt_tensor *q, xt_tensor *k, xt_tensor *v, int32_t causal); /* w = 0 */
+/* w [T,T] used where |t - t'| < window (t - t' < window when causal); the bias outside the
+ * window is 0, not -inf, so every key still contributes. window >= T is aft_full. */
+xt_tensor *xt_aft_local(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w, int64_t window,
+                        int32_t causal);
+/* q, v [B,C,H,W]; k [B,heads,H,W], one key per head shared by its C/heads channels;
+ * w [heads,kh,kw], odd kernel: the bias from position (y,x) to (y+i-kh/2, x+j-kw/2) is
+ * w[head,i,j] (a cross-correlation with zero padding), 0 beyond the kernel. */
+xt_tensor *xt_aft_conv(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w);
+
 /* ---- optimizer updates: one fused pass over a parameter, in place, no autograd ------
  * grad is the parameter's gradient; state tensors are float32 shaped like param.
  * step counts from 1. */
@@ -328,6 +347,30 @@ int32_t xt_record_lua(xt_tensor *out, const char *name, int64_t id, int32_t n,
                       xt_tensor *const *inputs);
 /* Ids of Lua nodes freed since the last call (up to capacity); returns the count. */
 int32_t xt_lua_nodes_freed(int64_t *ids, int32_t capacity);
+
+/* ---- images -----------------------------------------------------------------
+ * Images are uint8 [H,W,C], rows top to bottom, channels interleaved (gray, gray+alpha,
+ * RGB, RGBA). channels 0 keeps the file's channel count, 1..4 converts to that many.
+ * Decoding (stb_image: PNG, JPEG, BMP, GIF's first frame, PNM) is thread-safe and never
+ * calls back into Lua, so the loader's worker threads use it. name (may be NULL) is the
+ * file the bytes came from, for error messages. Writes are atomic (temp file + rename). */
+
+xt_tensor *xt_image_decode(const uint8_t *bytes, int64_t nbytes, int32_t channels,
+                           const char *name);
+xt_tensor *xt_image_load(const char *path, int32_t channels);
+/* t uint8 [H,W] or [H,W,C], C 1..4; any strides. */
+xt_status xt_image_save_png(const char *path, xt_tensor *t);
+xt_status xt_image_save_jpeg(const char *path, xt_tensor *t, int32_t quality);   /* 1..100 */
+
+/* ---- dataset files -----------------------------------------------------------
+ * IDX (MNIST, Fashion-MNIST), gzip or plain: unsigned-byte data with the file's sizes,
+ * e.g. uint8 [60000,28,28] images or [60000] labels.
+ * CIFAR binary batches: records of label_bytes (1: CIFAR-10; 2: CIFAR-100 coarse, fine)
+ * then a 32x32 RGB image; returns images uint8 [N,32,32,3] and *labels uint8
+ * [N,label_bytes] as stored (0-based classes). */
+
+xt_tensor *xt_read_idx(const char *path);
+xt_tensor *xt_read_cifar(const char *path, int32_t label_bytes, xt_tensor **labels);
 
 /* ---- files ------------------------------------------------------------------ */
 
