@@ -101,6 +101,10 @@ covered.sum_to = true           -- the engine's un-broadcasting: every *_bcast c
 covered.to_dtype = true         -- float32 -> float32 is the identity; other dtypes carry no gradient
 covered.contiguous = true
 covered.reshape = true
+-- tiled attention: test_sdpa.c (plain composition, gradchecks incl. dropout, PyTorch fixtures)
+-- and attention_spec (the matmul/softmax composition, gradcheck)
+covered.scaled_dot_product_attention = true
+covered.scaled_dot_product_attention_dropout = true
 
 local function load_inputs(name)
     local inputs, i = {}, 1
