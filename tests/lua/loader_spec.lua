@@ -195,6 +195,8 @@ describe('DataLoader', function()
         assert.truthy(err:find('batch_size must be an integer >= 1, got 0', 1, true))
         ok, err = pcall(data.DataLoader, ds, {transform = 'flip'})
         assert.truthy(err:find('transform must be data.transforms', 1, true))
+        ok, err = pcall(data.DataLoader, ds, {transform = function(x) return x end})
+        assert.truthy(err:find('the worker threads run C, not Lua functions', 1, true))
         ok, err = pcall(data.DataLoader, 5)
         assert.truthy(err:find('expected a dataset, got number', 1, true))
         -- a sample that cannot be transformed fails at its batch, in any worker count

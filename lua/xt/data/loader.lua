@@ -91,6 +91,10 @@ local function pipeline_of(tf)
     if tf == nil then return transforms{} end
     if transforms.is_pipeline(tf) then return tf end
     if type(tf) == 'table' then return transforms(tf) end
+    if type(tf) == 'function' then
+        raise('DataLoader: transform must be data.transforms{...}: the worker threads run C, ' ..
+              'not Lua functions (transform the dataset itself for custom Lua code)')
+    end
     raise('DataLoader: transform must be data.transforms{...}, a list of steps or a step, got ' ..
           type(tf))
 end
