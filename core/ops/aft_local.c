@@ -13,17 +13,19 @@
  *
  * Layout: all batch items and channels are stacked as [T, J], J = 2BD; columns
  * [2Db, 2Db + D) hold E V of item b and the next D hold E. The window part is one GEMM
- * per block of Tb query rows: P_blk [Tb, width] (exp(w - r) on the band, 0 off it) times
- * the stack's rows [c0, c0 + width), the only keys those queries see in their windows.
- * The outside part is running sums over time (in double) of the stack: the keys before
- * the window, plus those after it when not causal. Memory: three or four [T,J] buffers
- * and P_blk; nothing T x T besides w and its gradient.
+ * per block of Tb query rows: P_blk [Tb, width] (exp(w - r) on the band, 0 off it, made
+ * on the fly from w) times the stack's rows [c0, c0 + width), the only keys those queries
+ * see in their windows; blocks run on different threads. The outside part is running
+ * sums over time (in double) of the stack: the keys before the window, plus those after
+ * it when not causal. Memory: three or four [T,J] buffers and one P_blk per thread;
+ * nothing T x T besides w and its gradient.
  *
  * Backward (research notes section 5), H = G sigmoid(q), Hn = H / den:
  *   Y2 = [Hn | Hn A] stacked like the forward; Z = P'^T Y2 with P' every weight
  *   exp(w' - r) (the window by GEMMs, the outside by running sums); U, W2 its two halves;
  *   dV = E U,   dK = E (V U - W2),   dq = G A sigmoid(q) (1 - sigmoid(q)),
  *   dw[t,t'] = P[t,t'] (Y2[t] . [E V | -E][t'])  on the window (one GEMM per block).
+ * Z is made per block of keys and dw per block of queries, so every block owns its rows.
  */
 #include "aft.h"
 
