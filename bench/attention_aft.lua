@@ -40,7 +40,12 @@ end
 xt.set_num_threads(threads)
 xt.manual_seed(0)
 
-local PYTHON = '/usr/bin/python3'
+-- PyTorch's CPU allocator hands large blocks back to the system, so every big temporary
+-- page-faults again on first touch, which is very slow on this VM (an 8M-float exp takes
+-- 0.5 s instead of 12 ms). xt keeps freed blocks (storage.c); for a fair comparison glibc's
+-- malloc is told to keep them for PyTorch too.
+local PYTHON = 'MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 ' ..
+               'MALLOC_TOP_PAD_=1073741824 /usr/bin/python3'
 local here = debug.getinfo(1, 'S').source:match('^@(.*/)') or './'
 local torch_script = here .. 'attention_aft_torch.py'
 
@@ -104,7 +109,8 @@ if memory_mode then
                             peak / 1024, grew, op == 'aft_full' and 'dw (= w) + ' or '',
                             (grew - w_mib) / buffer_mib))
         if torch_version then
-            local tp = io.popen(string.format('%s %s memory %d %s %d %d', PYTHON, torch_script,
+            -- plain malloc here: keeping freed blocks would only add to PyTorch's peak
+            local tp = io.popen(string.format('/usr/bin/python3 %s memory %d %s %d %d', torch_script,
                                               threads, op, T, D))
             local tpeak = tp:read('*n')
             tp:close()
