@@ -3,12 +3,12 @@
  * gradient shaped like an op's (broadcast) output back to the shape of each input.
  *
  * x [..., s1, ..., sk] -> shape, where shape broadcasts to x's shape: leading dims missing
- * from shape and dims where shape has 1 are summed. float32 sums accumulate in double.
+ * from shape and dims where shape has 1 are summed. float32 sums accumulate in double; int64
+ * sums stay exact in int64. It runs on the reduction engine (reduce.h): vectorised and
+ * parallel whether the summed dims lead (a bias gradient) or trail.
  */
-#include "internal.h"
+#include "reduce.h"
 
-#include <stdlib.h>
-#include <string.h>
 
 xt_tensor *xt_sum_to(xt_tensor *x, int32_t ndim, const int64_t *shape)
 {
@@ -28,52 +28,35 @@ xt_tensor *xt_sum_to(xt_tensor *x, int32_t ndim, const int64_t *shape)
                                 xt_shape_str(a, ndim, shape), xt_shape_str(b, x->ndim, x->shape));
         }
     }
-    int64_t out_numel = xt_shape_numel(ndim, shape);
-    double *acc = calloc((size_t)(out_numel > 0 ? out_numel : 1), sizeof *acc);
-    if (!acc) return xt_fail_null(XT_ERR_OOM, "sum_to: out of memory");
+    uint32_t mask = 0;
+    for (int32_t d = 0; d < x->ndim; d++)
+        if (d < lead || (kept[d] == 1 && x->shape[d] != 1)) mask |= 1u << d;
 
-    /* Walk x in its own order; the accumulator is seen through x's shape with stride 0 on
-     * the summed dims. */
-    int64_t strides[2][XT_MAX_DIMS];
-    int64_t acc_strides[XT_MAX_DIMS];
-    xt_set_contiguous_strides(x->ndim, kept, acc_strides);
-    for (int32_t d = 0; d < x->ndim; d++) {
-        strides[0][d] = kept[d] == 1 ? 0 : acc_strides[d];
-        strides[1][d] = x->strides[d];
-    }
-    if (xt_numel(x) > 0) {
-        xt_iter it;
-        xt_iter_init(&it, 2, x->ndim, x->shape, strides);
-        int64_t sa = it.strides[0][it.ndim - 1], sx = it.strides[1][it.ndim - 1];
-        for (int64_t o = 0; o < it.outer; o++) {
-            int64_t off[2];
-            xt_iter_offsets(&it, o, off);
-            double *a = acc + off[0];
-            if (x->dtype == XT_FLOAT32) {
-                const float *px = (const float *)x->data + off[1];
-                if (sa == 0) {
-                    double s = 0;
-                    for (int64_t i = 0; i < it.inner; i++) s += px[i * sx];
-                    a[0] += s;
-                } else {
-                    for (int64_t i = 0; i < it.inner; i++) a[i * sa] += px[i * sx];
-                }
-            } else {
-                const int64_t *px = (const int64_t *)x->data + off[1];
-                for (int64_t i = 0; i < it.inner; i++) a[i * sa] += (double)px[i * sx];
-            }
-        }
-    }
     xt_tensor *out = xt_empty(ndim, shape, x->dtype);
-    if (out) {
-        if (x->dtype == XT_FLOAT32) {
+    if (!out) return NULL;
+    int64_t n_out = xt_numel(out);
+    xt_rplan plan;
+    xt_tensor *src = xt_rplan_make(&plan, x, mask);
+    xt_status st;
+    if (!src) {
+        st = xt_last_status();
+    } else if (x->dtype == XT_INT64) {
+        st = xt_rplan_run(&plan, &xt_rk_i64_sum, out->data, NULL);   /* int64 accumulators */
+    } else {
+        xt_storage *hold;
+        double *acc = xt_scratch(n_out, &hold, "sum_to");
+        st = acc ? xt_rplan_run(&plan, &xt_rk_f32_sum, acc, NULL) : xt_last_status();
+        if (st == XT_OK) {
             float *po = out->data;
-            for (int64_t i = 0; i < out_numel; i++) po[i] = (float)acc[i];
-        } else {
-            int64_t *po = out->data;
-            for (int64_t i = 0; i < out_numel; i++) po[i] = (int64_t)acc[i];
+#pragma omp parallel for simd if (n_out > XT_PARALLEL_GRAIN)
+            for (int64_t i = 0; i < n_out; i++) po[i] = (float)acc[i];
         }
+        xt_storage_release(hold);
     }
-    free(acc);
+    xt_tensor_release(src);
+    if (st != XT_OK) {
+        xt_tensor_release(out);
+        return NULL;
+    }
     return out;
 }
