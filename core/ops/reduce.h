@@ -73,6 +73,13 @@ typedef struct xt_rkernel {
 xt_tensor *xt_rplan_make(xt_rplan *plan, xt_tensor *x, uint32_t reduce_mask);
 /* Fill acc[0..n_out) (the identity, then fold every element). shift: NULL or n_out doubles. */
 xt_status xt_rplan_run(const xt_rplan *plan, const xt_rkernel *k, void *acc, const double *shift);
+/* Two folds, the second shifted by the first: acc1 = fold k1; shift[o] = mid(acc1[o],
+ * n_red); acc2 = fold k2 with shift. A block of outputs goes through both while its input
+ * is in cache (the max then exp-sum of logsumexp, the mean then squared deviations of
+ * var). shift: n_out doubles, written. */
+typedef double (*xt_rmid_fn)(xt_racc first, int64_t n_red);
+xt_status xt_rplan_run2(const xt_rplan *plan, const xt_rkernel *k1, void *acc1, xt_rmid_fn mid,
+                        double *shift, const xt_rkernel *k2, void *acc2);
 
 /* Kernels (reduce_kernels.c). f32: double accumulators; i64: int64 accumulators that
  * wrap around on overflow like two's-complement arithmetic. */

@@ -588,8 +588,8 @@ static void check_softmax(const char *label, xt_tensor *x)
 
 static void test_softmax(void)
 {
-    int64_t shapes[][3] = {{3, 4, 5}, {2, 33, 1}, {3, 7, 300}, {2, 300, 17}, {1, 1, 1}};
-    for (int k = 0; k < 5; k++) {
+    int64_t shapes[][3] = {{3, 4, 5}, {2, 33, 1}, {3, 7, 300}, {2, 300, 17}, {1, 1, 1}, {1, 5000, 40}};
+    for (int k = 0; k < 6; k++) {
         xt_tensor *x = test_randn(3, shapes[k], k == 3 ? 40 : 2, 0);   /* #3: large logits */
         check_softmax("softmax", x);
         xt_tensor *t = xt_transpose(x, 0, 2);
@@ -608,6 +608,24 @@ static void test_softmax(void)
     xt_tensor_release(y);
     xt_tensor_release(ly);
     xt_tensor_release(x);
+
+    /* the backward over a middle dim (columns, several blocks) agrees with the same
+     * softmax over the last dim (rows) of the transposed data */
+    int64_t s3[3] = {2, 3000, 40};
+    for (int log_mode = 0; log_mode < 2; log_mode++) {
+        xt_tensor *a = test_randn(3, s3, 2, 0), *dy = test_randn(3, s3, 1, 0);
+        xt_tensor *at = xt_transpose(a, 1, 2), *b = xt_contiguous(at);
+        xt_tensor *dyt = xt_transpose(dy, 1, 2);
+        xt_set_requires_grad(a, 1);
+        xt_set_requires_grad(b, 1);
+        xt_tensor *ya = log_mode ? xt_log_softmax(a, 1) : xt_softmax(a, 1);
+        xt_tensor *yb = log_mode ? xt_log_softmax(b, 2) : xt_softmax(b, 2);
+        CHECK(ya && yb && xt_backward(ya, dy, 0) == XT_OK && xt_backward(yb, dyt, 0) == XT_OK);
+        xt_tensor *ga = xt_transpose(a->grad, 1, 2);
+        CHECK(test_close("softmax backward, columns vs rows", ga, b->grad, 1e-6));
+        xt_tensor *ts[] = {a, dy, at, b, dyt, ya, yb, ga};
+        for (int i = 0; i < 8; i++) xt_tensor_release(ts[i]);
+    }
 }
 
 /* ---- sum_to ------------------------------------------------------------------------------ */
