@@ -61,8 +61,10 @@ typedef struct xt_rkernel {
     xt_racc identity;              /* what an accumulator starts from */
     /* rows: fold the contiguous x[0..n) into the single accumulator *acc */
     void (*row)(void *acc, const void *x, int64_t n, const double *shift);
-    /* columns: fold x[j * stride] into acc[j], j < n (shift[j] for output j) */
-    void (*col)(void *acc, const void *x, int64_t n, int64_t stride, const double *shift);
+    /* columns: fold x[r * mstride + j * stride] into acc[j], j < n, r < m (shift[j] for
+     * output j); the runs in order of r */
+    void (*col)(void *acc, const void *x, int64_t n, int64_t stride, int64_t m,
+                int64_t mstride, const double *shift);
     /* acc[j] = acc[j] folded with part[j]; acc holds the earlier part of the reduction */
     void (*combine)(void *acc, const void *part, int64_t n);
 } xt_rkernel;
@@ -116,9 +118,14 @@ xt_tensor *xt_dense(xt_tensor *t);
  * count, so the summation order (and so the result) is the same on any machine. */
 int64_t xt_reduce_chunks(int64_t tasks, int64_t work_per_task, int64_t n_red);
 
-/* Work per parallel task of the plan runs and of the index/softmax/cumsum kernels:
- * outputs are grouped so a task folds at least about this many elements. */
-enum { XT_RED_MIN_TASKS = 64, XT_RED_COL_BLOCK = 256 };
+/* Parallel tasks: enough of them for the threads (XT_RED_MIN_TASKS), and columns taken
+ * in blocks of up to XT_RED_COL_BLOCK (8 KB of float32 per run: long contiguous reads,
+ * while the block's accumulators stay in L1/L2). */
+enum { XT_RED_MIN_TASKS = 64, XT_RED_COL_BLOCK = 2048 };
+/* Block width for kernels whose columns are independent (argmax, cumsum along a leading
+ * dim of [outer, D, inner]): as wide as XT_RED_COL_BLOCK, narrower (down to 256) while
+ * there are fewer than XT_RED_MIN_TASKS blocks. */
+int64_t xt_reduce_col_width(int64_t outer, int64_t inner);
 /* Rows shorter than this go to columns mode; columns mode takes a stride up to
  * XT_RED_MAX_COL_STRIDE elements (a block of outputs still reads whole cache lines). */
 enum { XT_RED_SHORT_ROW = 16, XT_RED_MAX_COL_STRIDE = 16 };

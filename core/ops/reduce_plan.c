@@ -222,6 +222,13 @@ int64_t xt_reduce_chunks(int64_t tasks, int64_t work_per_task, int64_t n_red)
     return n > 1 ? n : 1;
 }
 
+int64_t xt_reduce_col_width(int64_t outer, int64_t inner)
+{
+    int64_t w = XT_RED_COL_BLOCK;
+    while (w > 256 && outer * ((inner + w - 1) / w) < XT_RED_MIN_TASKS) w /= 2;
+    return w;
+}
+
 /* ---- tasks -------------------------------------------------------------------------
  * The work is cut into tasks, each a contiguous range of outputs [o0, o1) and a chunk
  * [lo, hi) of their reductions. Rows mode: a block of whole outputs (one output when
@@ -280,11 +287,23 @@ static void fold_block(const xt_rplan *p, const xt_rkernel *k, xt_racc *dest,
         int64_t L = p->ksize[p->nk - 1];
         int64_t kofs = index_offset(p->nk - 1, p->ksize, p->kstride, o0 / L) +
                        o0 % L * p->cstride;
+        if (p->nr == 0) {   /* one element per output */
+            k->col(dest + o0, p->base + kofs * p->esize, o1 - o0, p->cstride, 1, 0,
+                   shift ? shift + o0 : NULL);
+            return;
+        }
+        /* the runs along the innermost reduced dim go to the kernel together */
+        int32_t last = p->nr - 1;
         odometer od;
         odo_seek(&od, p->nr, p->rsize, p->rstride, lo);
-        for (int64_t r = lo; r < hi; r++) {
-            k->col(dest + o0, p->base + (kofs + od.off) * p->esize, o1 - o0, p->cstride,
-                   shift ? shift + o0 : NULL);
+        for (int64_t r = lo; r < hi;) {
+            int64_t m = p->rsize[last] - od.idx[last];
+            if (m > hi - r) m = hi - r;
+            k->col(dest + o0, p->base + (kofs + od.off) * p->esize, o1 - o0, p->cstride, m,
+                   p->rstride[last], shift ? shift + o0 : NULL);
+            r += m;
+            od.idx[last] += m - 1;   /* to the run's last element, then one step on */
+            od.off += (m - 1) * p->rstride[last];
             odo_next(&od);
         }
         return;
