@@ -126,24 +126,32 @@ static void rows_backward(const float *y, const float *dy, float *dx, int64_t ou
 
 /* ---- columns (inner > 1) -------------------------------------------------------------- */
 
-/* Task t of a [outer, D, inner] tensor cut into ncb blocks of CB columns: its n columns'
- * run d starts at element first + d * inner. */
-static void column_task(int64_t t, int64_t ncb, int64_t D, int64_t inner, int64_t *first,
-                        int64_t *n)
+/* Columns per task: a task sweeps its D x width block three times, so keep the block
+ * within about 256 KB (in cache); at least 16 columns (a cache line), at most CB. */
+static int64_t block_width(int64_t D)
 {
-    int64_t c0 = t % ncb * CB;
+    int64_t w = 65536 / (D > 0 ? D : 1) / 16 * 16;
+    return w < 16 ? 16 : w > CB ? CB : w;
+}
+
+/* Task t of a [outer, D, inner] tensor cut into ncb blocks of w columns: its n columns'
+ * run d starts at element first + d * inner. */
+static void column_task(int64_t t, int64_t ncb, int64_t w, int64_t D, int64_t inner,
+                        int64_t *first, int64_t *n)
+{
+    int64_t c0 = t % ncb * w;
     *first = t / ncb * D * inner + c0;
-    *n = inner - c0 < CB ? inner - c0 : CB;
+    *n = inner - c0 < w ? inner - c0 : w;
 }
 
 static void cols_forward(const float *x, float *y, int64_t outer, int64_t D, int64_t inner,
                          bool log_mode)
 {
-    int64_t ncb = (inner + CB - 1) / CB;
+    int64_t w = block_width(D), ncb = (inner + w - 1) / w;
 #pragma omp parallel for schedule(static) if (outer * D * inner > XT_PARALLEL_GRAIN)
     for (int64_t t = 0; t < outer * ncb; t++) {
         int64_t first, n;
-        column_task(t, ncb, D, inner, &first, &n);
+        column_task(t, ncb, w, D, inner, &first, &n);
         float m[CB];
         double s[CB];
         for (int64_t j = 0; j < n; j++) {
@@ -184,11 +192,11 @@ static void cols_forward(const float *x, float *y, int64_t outer, int64_t D, int
 static void cols_backward(const float *y, const float *dy, float *dx, int64_t outer, int64_t D,
                           int64_t inner, bool log_mode)
 {
-    int64_t ncb = (inner + CB - 1) / CB;
+    int64_t w = block_width(D), ncb = (inner + w - 1) / w;
 #pragma omp parallel for schedule(static) if (outer * D * inner > XT_PARALLEL_GRAIN)
     for (int64_t t = 0; t < outer * ncb; t++) {
         int64_t first, n;
-        column_task(t, ncb, D, inner, &first, &n);
+        column_task(t, ncb, w, D, inner, &first, &n);
         double s[CB];
         for (int64_t j = 0; j < n; j++) s[j] = 0;
         for (int64_t d = 0; d < D; d++) {
