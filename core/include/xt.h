@@ -357,6 +357,9 @@ int32_t xt_lua_nodes_freed(int64_t *ids, int32_t capacity);
 
 xt_tensor *xt_image_decode(const uint8_t *bytes, int64_t nbytes, int32_t channels,
                            const char *name);
+/* The header's size without decoding: shape[3] = {H, W, C as in the file}. Fails as
+ * decode would on unknown formats, corrupt or truncated headers and oversized images. */
+xt_status xt_image_info(const uint8_t *bytes, int64_t nbytes, const char *name, int64_t *shape);
 xt_tensor *xt_image_load(const char *path, int32_t channels);
 /* t uint8 [H,W] or [H,W,C], C 1..4; any strides. */
 xt_status xt_image_save_png(const char *path, xt_tensor *t);
