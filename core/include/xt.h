@@ -447,6 +447,10 @@ typedef struct xt_loader_options {
 xt_loader *xt_loader_new_memory(xt_tensor *images, xt_tensor *labels,
                                 const xt_loader_options *options, int32_t n_transforms,
                                 const xt_transform *transforms);
+/* n image files (paths copied), decoded by the workers with xt_image_load. */
+xt_loader *xt_loader_new_files(int64_t n, const char *const *paths, xt_tensor *labels,
+                               const xt_loader_options *options, int32_t n_transforms,
+                               const xt_transform *transforms);
 /* Stops the workers (mid-epoch too), joins them and frees everything. NULL: no-op. */
 void xt_loader_free(xt_loader *loader);
 int64_t xt_loader_num_batches(const xt_loader *loader);
