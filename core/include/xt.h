@@ -425,7 +425,7 @@ typedef struct xt_transform {
 xt_status xt_transforms_check(int32_t n_transforms, const xt_transform *transforms);
 /* Apply a pipeline to one image [H,W,C] uint8 with the random choices of sample `index`
  * in `epoch` of a loader seeded with `seed` -> float32 [C,H,W], or uint8 [H,W,C] when
- * the pipeline has no TO_TENSOR or NORMALIZE step. */
+ * the pipeline has no TO_TENSOR step. */
 xt_tensor *xt_transform_apply(xt_tensor *image, int32_t n_transforms,
                               const xt_transform *transforms, uint64_t seed, int64_t epoch,
                               int64_t index);
