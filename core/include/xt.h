@@ -428,7 +428,7 @@ typedef struct xt_transform {
 xt_status xt_transforms_check(int32_t n_transforms, const xt_transform *transforms);
 /* Apply a pipeline to one image [H,W,C] uint8 with the random choices of sample `index`
  * in `epoch` of a loader seeded with `seed` -> float32 [C,H,W], or uint8 [H,W,C] when
- * the pipeline has no TO_TENSOR or NORMALIZE step. */
+ * the pipeline has no TO_TENSOR step. */
 xt_tensor *xt_transform_apply(xt_tensor *image, int32_t n_transforms,
                               const xt_transform *transforms, uint64_t seed, int64_t epoch,
                               int64_t index);
@@ -450,6 +450,10 @@ typedef struct xt_loader_options {
 xt_loader *xt_loader_new_memory(xt_tensor *images, xt_tensor *labels,
                                 const xt_loader_options *options, int32_t n_transforms,
                                 const xt_transform *transforms);
+/* n image files (paths copied), decoded by the workers with xt_image_load. */
+xt_loader *xt_loader_new_files(int64_t n, const char *const *paths, xt_tensor *labels,
+                               const xt_loader_options *options, int32_t n_transforms,
+                               const xt_transform *transforms);
 /* Stops the workers (mid-epoch too), joins them and frees everything. NULL: no-op. */
 void xt_loader_free(xt_loader *loader);
 int64_t xt_loader_num_batches(const xt_loader *loader);
