@@ -307,6 +307,27 @@ xt_tensor *xt_aft_local(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w, 
  * w[head,i,j] (a cross-correlation with zero padding), 0 beyond the kernel. */
 xt_tensor *xt_aft_conv(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w);
 
+/* ---- DeLighT: group linear -----------------------------------------------------------
+ * The group linear transformation (GLT) of DeLighT's DExTra (Mehta et al. 2021): the
+ * features are cut into g groups and each group has its own matrix.
+ *   x [..., din], w [g, din/g, dout/g], b [g, dout/g] or NULL -> y [..., dout]
+ *   A[t,k,j] = b[k,j] + sum_a x[t, k*din/g + a] * w[k,a,j]      (group k: x's k-th slice)
+ *   shuffle == 0: y[t, k*co + j] = A[t,k,j]; shuffle != 0: y[t, j*g + k] = A[t,k,j]
+ * (co = dout/g): the shuffle interleaves the groups, element j of every group side by
+ * side. One GEMM per group reads x in place (any row stride, unit column stride) and w's
+ * [din/g, dout/g] matrices as stored or transposed; the backward applies the inverse
+ * permutation. */
+xt_tensor *xt_group_linear(xt_tensor *x, xt_tensor *w, xt_tensor *b, int32_t shuffle);
+/* A whole DExTra layer in one op: the GLT above, where group k reads [prefix_k | x_k]
+ * (prefix [..., dp] with x's leading dims, cut into g slices like x: DExTra's input mixer,
+ * without building the concatenation; w [g, (dp + dx)/g, co]; prefix NULL: x alone), then
+ * normalize != 0: LayerNorm of each chunk y[t, c*co .. (c+1)*co) on its own (its own mean
+ * and biased variance, eps) with the affine ln_weight, ln_bias [co] (each may be NULL)
+ * shared by the g chunks, then swish != 0: z * sigmoid(z). */
+xt_tensor *xt_group_linear_ex(xt_tensor *x, xt_tensor *prefix, xt_tensor *w, xt_tensor *b,
+                              int32_t shuffle, int32_t normalize, xt_tensor *ln_weight,
+                              xt_tensor *ln_bias, double eps, int32_t swish);
+
 /* ---- optimizer updates: one fused pass over a parameter, in place, no autograd ------
  * grad is the parameter's gradient; state tensors are float32 shaped like param.
  * step counts from 1. */
