@@ -122,4 +122,29 @@ b = torch.randn(512, requires_grad=True)]],
              stmt = 'torch.nn.functional.linear(x, w, b).sum().backward()'},
 }
 
+case {
+    name = 'bmm [64,128,64]x[64,64,128] (many small GEMMs)',
+    flops = 2 * 64 * 128 * 64 * 128,
+    xt = function()
+        local a, b = xt.randn(64, 128, 64), xt.randn(64, 64, 128)
+        return function() return a:bmm(b) end
+    end,
+    torch = {setup = 'a = torch.randn(64, 128, 64); b = torch.randn(64, 64, 128)',
+             stmt = 'torch.bmm(a, b)'},
+}
+
+case {
+    name = 'matmul fwd+bwd [32,256,512]x[512,512] (batch folded into one GEMM)',
+    flops = 3 * 2 * 32 * 256 * 512 * 512,
+    xt = function()
+        local a = xt.randn(32, 256, 512):requires_grad()
+        local w = xt.randn(512, 512):requires_grad()
+        return function() a:matmul(w):sum():backward() end
+    end,
+    torch = {setup = [[
+a = torch.randn(32, 256, 512, requires_grad=True)
+w = torch.randn(512, 512, requires_grad=True)]],
+             stmt = '(a @ w).sum().backward()'},
+}
+
 return cases

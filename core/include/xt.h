@@ -2,7 +2,8 @@
  * xt.h: the one public header of libxt, the C core of xlua.
  *
  * Read it top to bottom as a tour: dtypes and errors, the tensor, lifetime,
- * creation, views, element-wise ops, reductions, linear algebra, autograd, files.
+ * creation, views, element-wise ops, reductions, linear algebra, autograd, images,
+ * dataset files, files.
  *
  * The region between XT_API_BEGIN and XT_API_END is handed to LuaJIT's
  * ffi.cdef verbatim (tools/gen_cdef.lua extracts it at build time), so it
@@ -237,6 +238,52 @@ xt_tensor *xt_bmm(xt_tensor *a, xt_tensor *b);     /* [B,n,k] x [B,k,m] */
 /* y = x w^T + b: x [..., in], w [out, in], b [out] or NULL */
 xt_tensor *xt_linear(xt_tensor *x, xt_tensor *w, xt_tensor *b);
 
+/* ---- attention: softmax ----------------------------------------------------------
+ * q [...,T,d], k [...,S,d], v [...,S,dv] with the same leading dims (usually [B,H]) ->
+ * [...,T,dv]: softmax(scale * q k^T) v over the keys, row by row; scale <= 0 means
+ * 1/sqrt(d). causal != 0: query i sees keys j <= i + S - T (the queries are the last T
+ * positions; needs S >= T; S == T is the usual lower-triangular mask). Computed in tiles
+ * with an online softmax (FlashAttention-2): extra memory is linear in T and S, only the
+ * row logsumexp is kept, and the backward recomputes the tiles. q, k, v whose last dim is
+ * contiguous (a head permuted out of [B,T,H,d], a narrowed cache) are read without a copy. */
+xt_tensor *xt_scaled_dot_product_attention(xt_tensor *q, xt_tensor *k, xt_tensor *v,
+                                           int32_t causal, double scale);
+/* The same with dropout on the attention weights: each weight is zeroed with probability
+ * p in [0,1) and the rest scaled by 1/(1-p); the mask comes from rng's Philox stream (which
+ * advances) and is regenerated in the backward, never stored. p == 0 needs no rng. */
+xt_tensor *xt_scaled_dot_product_attention_dropout(xt_tensor *q, xt_tensor *k, xt_tensor *v,
+                                                   int32_t causal, double scale, double p,
+                                                   xt_rng *rng);
+
+/* ---- attention: efficient variants --------------------------------------------------------
+ * Kernel ("linear") attention (Katharopoulos et al. 2020). With a positive feature map phi:
+ *   out_i = phi(q_i) S / (phi(q_i) . z + eps),  S = sum_j phi(k_j) v_j^T,  z = sum_j phi(k_j)
+ * over all keys j, or over j <= i when causal (which needs S == T). q [...,T,m], k [...,S,m],
+ * v [...,S,dv] with the same leading dims (usually [B,H]) -> [...,T,dv].
+ * feature_map: XT_FEATURE_ELU1 applies phi(x) = elu(x) + 1 itself; XT_FEATURE_IDENTITY takes
+ * q and k as the features already (they must be positive, e.g. from xt_favor_features, or
+ * the normaliser can vanish). Causal attention runs in chunks of `chunk` rows (<= 0: 64): a
+ * masked chunk x chunk product inside a chunk, a running m x dv state across chunks. Time
+ * O(T m dv + T chunk (m + dv)); besides the output only its normaliser [...,T] is kept for
+ * the backward, and nothing of size T x T is formed. eps >= 0 is added to the normaliser
+ * (1e-6 is usual). q, k, v with a contiguous last dim are read without a copy. */
+typedef enum xt_feature_map { XT_FEATURE_ELU1 = 0, XT_FEATURE_IDENTITY = 1 } xt_feature_map;
+xt_tensor *xt_linear_attention(xt_tensor *q, xt_tensor *k, xt_tensor *v, int32_t causal,
+                               int64_t chunk, int32_t feature_map, double eps);
+/* FAVOR+ positive random features (Performer, Choromanski et al. 2021): x [...,T,d] and
+ * w [m,d] (one random direction per row, not trained as a rule) -> [...,T,m],
+ *   phi(x)_r = m^(-1/2) (exp(w_r . x' - |x'|^2 / 2 - s) + eps),  x' = d^(-1/4) x,
+ * so that phi(q) . phi(k) estimates exp(q . k / sqrt(d)) (times e^(-s) factors that cancel in
+ * linear attention). The shift s keeps exp in range: XT_FAVOR_SHIFT_ROW subtracts each row's
+ * max (queries), XT_FAVOR_SHIFT_UNIT one max per [T,m] slice (the keys of bidirectional
+ * attention), XT_FAVOR_SHIFT_NONE nothing (the keys of causal attention: a max over the
+ * sequence would let later keys change earlier outputs; the exponent is at most
+ * max_r |w_r|^2 / 2 there). Gradients to x and w, exact (the shift included). */
+typedef enum xt_favor_shift {
+    XT_FAVOR_SHIFT_ROW = 0, XT_FAVOR_SHIFT_UNIT = 1, XT_FAVOR_SHIFT_NONE = 2
+} xt_favor_shift;
+xt_tensor *xt_favor_features(xt_tensor *x, xt_tensor *w, int32_t shift, double eps);
+
 /* ---- neural-network kernels (forward and backward fused in C) -------------------
  * Images are [N,C,H,W]. Class targets are int64 counted from base. */
 
@@ -282,6 +329,45 @@ xt_tensor *xt_nll_loss(xt_tensor *log_probs, xt_tensor *target, xt_tensor *weigh
 xt_tensor *xt_bce_with_logits(xt_tensor *x, xt_tensor *target, xt_tensor *pos_weight,
                               int32_t reduction);
 
+/* ---- attention: the AFT family ---------------------------------------------------------
+ * Attention Free Transformer (Zhai et al. 2021). q, k, v, out [B,T,D]; per channel c:
+ *   out[b,t,c] = sigmoid(q[b,t,c]) * sum_t' exp(k[b,t',c] + w[t,t']) v[b,t',c]
+ *                                    / sum_t' exp(k[b,t',c] + w[t,t'])
+ * causal != 0 limits the sums to t' <= t. Fused forward and backward (gradients to q, k, v
+ * and w), stable for any range of k and w, memory linear in T besides w and its gradient. */
+xt_tensor *xt_aft_full(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w,
+                       int32_t causal);                                  /* w [T,T] */
+xt_tensor *xt_aft_simple(xt_tensor *q, xt_tensor *k, xt_tensor *v, int32_t causal); /* w = 0 */
+/* w [T,T] used where |t - t'| < window (t - t' < window when causal); the bias outside the
+ * window is 0, not -inf, so every key still contributes. window >= T is aft_full. */
+xt_tensor *xt_aft_local(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w, int64_t window,
+                        int32_t causal);
+/* q, v [B,C,H,W]; k [B,heads,H,W], one key per head shared by its C/heads channels;
+ * w [heads,kh,kw], odd kernel: the bias from position (y,x) to (y+i-kh/2, x+j-kw/2) is
+ * w[head,i,j] (a cross-correlation with zero padding), 0 beyond the kernel. */
+xt_tensor *xt_aft_conv(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w);
+
+/* ---- DeLighT: group linear -----------------------------------------------------------
+ * The group linear transformation (GLT) of DeLighT's DExTra (Mehta et al. 2021): the
+ * features are cut into g groups and each group has its own matrix.
+ *   x [..., din], w [g, din/g, dout/g], b [g, dout/g] or NULL -> y [..., dout]
+ *   A[t,k,j] = b[k,j] + sum_a x[t, k*din/g + a] * w[k,a,j]      (group k: x's k-th slice)
+ *   shuffle == 0: y[t, k*co + j] = A[t,k,j]; shuffle != 0: y[t, j*g + k] = A[t,k,j]
+ * (co = dout/g): the shuffle interleaves the groups, element j of every group side by
+ * side. One GEMM per group reads x in place (any row stride, unit column stride) and w's
+ * [din/g, dout/g] matrices as stored or transposed; the backward applies the inverse
+ * permutation. */
+xt_tensor *xt_group_linear(xt_tensor *x, xt_tensor *w, xt_tensor *b, int32_t shuffle);
+/* A whole DExTra layer in one op: the GLT above, where group k reads [prefix_k | x_k]
+ * (prefix [..., dp] with x's leading dims, cut into g slices like x: DExTra's input mixer,
+ * without building the concatenation; w [g, (dp + dx)/g, co]; prefix NULL: x alone), then
+ * normalize != 0: LayerNorm of each chunk y[t, c*co .. (c+1)*co) on its own (its own mean
+ * and biased variance, eps) with the affine ln_weight, ln_bias [co] (each may be NULL)
+ * shared by the g chunks, then swish != 0: z * sigmoid(z). */
+xt_tensor *xt_group_linear_ex(xt_tensor *x, xt_tensor *prefix, xt_tensor *w, xt_tensor *b,
+                              int32_t shuffle, int32_t normalize, xt_tensor *ln_weight,
+                              xt_tensor *ln_bias, double eps, int32_t swish);
+
 /* ---- optimizer updates: one fused pass over a parameter, in place, no autograd ------
  * grad is the parameter's gradient; state tensors are float32 shaped like param.
  * step counts from 1. */
@@ -322,6 +408,122 @@ int32_t xt_record_lua(xt_tensor *out, const char *name, int64_t id, int32_t n,
                       xt_tensor *const *inputs);
 /* Ids of Lua nodes freed since the last call (up to capacity); returns the count. */
 int32_t xt_lua_nodes_freed(int64_t *ids, int32_t capacity);
+
+/* ---- images -----------------------------------------------------------------
+ * Images are uint8 [H,W,C], rows top to bottom, channels interleaved (gray, gray+alpha,
+ * RGB, RGBA). channels 0 keeps the file's channel count, 1..4 converts to that many.
+ * Decoding (stb_image: PNG, JPEG, BMP, GIF's first frame, PNM) is thread-safe and never
+ * calls back into Lua, so the loader's worker threads use it. name (may be NULL) is the
+ * file the bytes came from, for error messages. Writes are atomic (temp file + rename). */
+
+xt_tensor *xt_image_decode(const uint8_t *bytes, int64_t nbytes, int32_t channels,
+                           const char *name);
+/* The header's size without decoding: shape[3] = {H, W, C as in the file}. Fails as
+ * decode would on unknown formats, corrupt or truncated headers and oversized images. */
+xt_status xt_image_info(const uint8_t *bytes, int64_t nbytes, const char *name, int64_t *shape);
+xt_tensor *xt_image_load(const char *path, int32_t channels);
+/* t uint8 [H,W] or [H,W,C], C 1..4; any strides. */
+xt_status xt_image_save_png(const char *path, xt_tensor *t);
+xt_status xt_image_save_jpeg(const char *path, xt_tensor *t, int32_t quality);   /* 1..100 */
+
+/* ---- dataset files -----------------------------------------------------------
+ * IDX (MNIST, Fashion-MNIST), gzip or plain: unsigned-byte data with the file's sizes,
+ * e.g. uint8 [60000,28,28] images or [60000] labels.
+ * CIFAR binary batches: records of label_bytes (1: CIFAR-10; 2: CIFAR-100 coarse, fine)
+ * then a 32x32 RGB image; returns images uint8 [N,32,32,3] and *labels uint8
+ * [N,label_bytes] as stored (0-based classes). */
+
+xt_tensor *xt_read_idx(const char *path);
+xt_tensor *xt_read_cifar(const char *path, int32_t label_bytes, xt_tensor **labels);
+
+/* ---- data loading -------------------------------------------------------------
+ * A loader turns a dataset into batches: images uint8 [N,H,W,C] in memory, or image
+ * files decoded on the fly, each with an int64 label. A pool of worker threads decodes,
+ * transforms and assembles whole batches (input [B,C,H,W] float32, target [B] int64)
+ * ahead of the consumer and hands them out in order. An epoch's sample order depends
+ * only on (seed, epoch), and every random choice a transform makes on a sample only on
+ * (seed, epoch, sample index): batches are identical for any number of workers.
+ *
+ * A transform pipeline is an array of descriptors applied in order: geometric steps on
+ * the uint8 HWC image, then TO_TENSOR (uint8 HWC -> float32 CHW in [0,1]; appended when
+ * missing), then NORMALIZE steps. Interpolation is bilinear with half-pixel centres and
+ * no antialiasing (as F.interpolate, align_corners=False) or exact area averaging. */
+
+enum { XT_TRANSFORM_MAX_CHANNELS = 4 };
+
+typedef enum xt_transform_kind {
+    XT_TRANSFORM_RANDOM_CROP = 0,        /* height, width, padding, fill */
+    XT_TRANSFORM_RANDOM_HORIZONTAL_FLIP, /* p */
+    XT_TRANSFORM_RANDOM_RESIZED_CROP,    /* height, width, scale, ratio, interpolation */
+    XT_TRANSFORM_RESIZE,                 /* height, width (0: shorter side to height), interp. */
+    XT_TRANSFORM_CENTER_CROP,            /* height, width; zero padding when larger */
+    XT_TRANSFORM_TO_TENSOR,
+    XT_TRANSFORM_NORMALIZE,              /* mean, std: per channel (n_values = C) or all (1) */
+    XT_TRANSFORM_KIND_COUNT
+} xt_transform_kind;
+
+typedef enum xt_interpolation {
+    XT_INTERP_BILINEAR = 0,
+    XT_INTERP_AREA = 1
+} xt_interpolation;
+
+/* The fields a kind does not list are ignored. As torchvision: RandomCrop pads with fill
+ * then crops at a uniform offset; RandomResizedCrop tries 10 boxes of area in scale x the
+ * image's and aspect ratio log-uniform in ratio, else a central box; Resize with width 0
+ * keeps the aspect ratio, its shorter side becoming height. */
+typedef struct xt_transform {
+    int32_t kind;                        /* an xt_transform_kind */
+    int32_t height, width;               /* output size */
+    int32_t padding[4];                  /* left, top, right, bottom */
+    int32_t interpolation;               /* an xt_interpolation */
+    int32_t n_values;                    /* entries used in fill, mean, std: 1 or C */
+    double p;                            /* probability of flipping */
+    double scale[2];                     /* area fraction range */
+    double ratio[2];                     /* aspect ratio (width / height) range */
+    double fill[XT_TRANSFORM_MAX_CHANNELS];   /* 0..255 */
+    double mean[XT_TRANSFORM_MAX_CHANNELS];
+    double std[XT_TRANSFORM_MAX_CHANNELS];
+} xt_transform;
+
+/* Check a pipeline's parameters and order (the loader and xt_transform_apply do too). */
+xt_status xt_transforms_check(int32_t n_transforms, const xt_transform *transforms);
+/* Apply a pipeline to one image [H,W,C] uint8 with the random choices of sample `index`
+ * in `epoch` of a loader seeded with `seed` -> float32 [C,H,W], or uint8 [H,W,C] when
+ * the pipeline has no TO_TENSOR step. */
+xt_tensor *xt_transform_apply(xt_tensor *image, int32_t n_transforms,
+                              const xt_transform *transforms, uint64_t seed, int64_t epoch,
+                              int64_t index);
+
+typedef struct xt_loader xt_loader;
+
+typedef struct xt_loader_options {
+    int64_t batch_size;
+    uint64_t seed;
+    int32_t shuffle;
+    int32_t drop_last;     /* drop the last batch when it is smaller than batch_size */
+    int32_t workers;       /* threads; 0: batches are built in the caller's thread */
+    int32_t prefetch;      /* batches in progress or ready per worker; <= 0: 2 */
+    int32_t channels;      /* files: decode to this many channels (0: as stored) */
+} xt_loader_options;
+
+/* images uint8 [N,H,W,C] (or [N,H,W]: C = 1), labels int64 [N]; both are copied or
+ * retained, the transforms copied. Labels are passed through as they are (Lua: 1-based). */
+xt_loader *xt_loader_new_memory(xt_tensor *images, xt_tensor *labels,
+                                const xt_loader_options *options, int32_t n_transforms,
+                                const xt_transform *transforms);
+/* n image files (paths copied), decoded by the workers with xt_image_load. */
+xt_loader *xt_loader_new_files(int64_t n, const char *const *paths, xt_tensor *labels,
+                               const xt_loader_options *options, int32_t n_transforms,
+                               const xt_transform *transforms);
+/* Stops the workers (mid-epoch too), joins them and frees everything. NULL: no-op. */
+void xt_loader_free(xt_loader *loader);
+int64_t xt_loader_num_batches(const xt_loader *loader);
+int64_t xt_loader_num_samples(const xt_loader *loader);
+/* Begin epoch `epoch` (any integer; a running epoch is abandoned). */
+xt_status xt_loader_start_epoch(xt_loader *loader, int64_t epoch);
+/* The epoch's next batch: 1 with *input, *target (new references), 0 when the epoch is
+ * over, -1 on error (a failing sample: the message names it and its file). */
+int32_t xt_loader_next(xt_loader *loader, xt_tensor **input, xt_tensor **target);
 
 /* ---- files ------------------------------------------------------------------ */
 

@@ -508,6 +508,16 @@ fail:
     return st;
 }
 
+/* t as a contiguous tensor (+1), copied outside the graph: the node goes on t itself, so a
+ * strided input that requires grad does not also record a copy node that nobody uses. */
+static xt_tensor *dense(xt_tensor *t)
+{
+    int32_t prev = xt_set_grad_enabled(0);
+    xt_tensor *c = xt_contiguous(t);
+    xt_set_grad_enabled(prev);
+    return c;
+}
+
 static bool check_float(const xt_tensor *t, const char *what)
 {
     if (t->dtype == XT_FLOAT32) return true;
@@ -520,6 +530,7 @@ xt_tensor *xt_conv2d(xt_tensor *x, xt_tensor *w, xt_tensor *b, int32_t stride_h,
                      int32_t dilation_w, int32_t groups)
 {
     char s1[XT_SHAPE_STR], s2[XT_SHAPE_STR];
+    if (!x || !w) return xt_fail_null(XT_ERR_ARG, "conv2d: %s is NULL", x ? "weight" : "input");
     if (x->ndim != 4)
         return xt_fail_null(XT_ERR_SHAPE, "conv2d: input must be 4-D [N,Cin,H,W], got shape %s",
                             xt_shape_str(s1, x->ndim, x->shape));
@@ -565,7 +576,7 @@ xt_tensor *xt_conv2d(xt_tensor *x, xt_tensor *w, xt_tensor *b, int32_t stride_h,
                             (long long)(g.dh * (g.kh - 1) + 1), (long long)(g.dw * (g.kw - 1) + 1),
                             xt_shape_str(s2, 4, w->shape));
 
-    xt_tensor *xc = xt_contiguous(x), *wc = xt_contiguous(w), *bc = b ? xt_contiguous(b) : NULL;
+    xt_tensor *xc = dense(x), *wc = dense(w), *bc = b ? dense(b) : NULL;
     int64_t oshape[4] = {g.n, g.cout, g.ho, g.wo};
     xt_tensor *out = xc && wc && (bc || !b) ? xt_empty(4, oshape, XT_FLOAT32) : NULL;
     if (!out) goto fail;

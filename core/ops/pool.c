@@ -16,8 +16,19 @@ typedef struct pool_geom {
     int64_t kh, kw, sh, sw, ph, pw;
 } pool_geom;
 
+/* t as a contiguous tensor (+1), copied outside the graph: the node goes on t itself, so a
+ * strided input that requires grad does not also record a copy node that nobody uses. */
+static xt_tensor *dense(xt_tensor *t)
+{
+    int32_t prev = xt_set_grad_enabled(0);
+    xt_tensor *c = xt_contiguous(t);
+    xt_set_grad_enabled(prev);
+    return c;
+}
+
 static xt_status check_input(const xt_tensor *x, const char *op)
 {
+    if (!x) return xt_fail(XT_ERR_ARG, "%s: input is NULL", op);
     if (x->ndim != 4) {
         char s[XT_SHAPE_STR];
         return xt_fail(XT_ERR_SHAPE, "%s: input must be 4-D [N,C,H,W], got shape %s", op,
@@ -173,7 +184,7 @@ xt_tensor *xt_max_pool2d(xt_tensor *x, int32_t kernel_h, int32_t kernel_w, int32
     if (g.h * g.w > INT32_MAX)
         return xt_fail_null(XT_ERR_SHAPE, "max_pool2d: planes of more than 2^31 elements are not supported");
     bool grad = xt_needs_grad(1, &x);
-    xt_tensor *xc = xt_contiguous(x);
+    xt_tensor *xc = dense(x);
     xt_tensor *out = xc ? pool_output(x, &g) : NULL;
     xt_storage *idx = out && grad ? xt_storage_new(xt_numel(out) * (int64_t)sizeof(int32_t)) : NULL;
     xt_node *node = idx ? xt_node_new("max_pool2d", max_pool2d_backward, 1, &x) : NULL;
@@ -279,7 +290,7 @@ xt_tensor *xt_avg_pool2d(xt_tensor *x, int32_t kernel_h, int32_t kernel_w, int32
     if (window_geom(&g, x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                     "avg_pool2d") != XT_OK)
         return NULL;
-    xt_tensor *xc = xt_contiguous(x);
+    xt_tensor *xc = dense(x);
     xt_tensor *out = xc ? pool_output(x, &g) : NULL;
     if (!out) {
         xt_tensor_release(xc);
@@ -378,7 +389,7 @@ xt_tensor *xt_adaptive_avg_pool2d(xt_tensor *x, int64_t out_h, int64_t out_w)
     }
     pool_geom g = {.planes = x->shape[0] * x->shape[1], .h = x->shape[2], .w = x->shape[3],
                    .ho = out_h, .wo = out_w};
-    xt_tensor *xc = xt_contiguous(x);
+    xt_tensor *xc = dense(x);
     xt_tensor *out = xc ? pool_output(x, &g) : NULL;
     if (!out) {
         xt_tensor_release(xc);

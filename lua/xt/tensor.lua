@@ -503,6 +503,22 @@ end
 function methods.masked_fill(t, mask, value)
     return wrap(C.xt_masked_fill(t._c, mask._c, value))
 end
+-- xt.multinomial(probs, k [, {generator=}]): k draws with replacement from each row of probs
+-- [n,C] (non-negative weights, need not sum to 1) -> int64 [n,k] category ids from 1, by
+-- inverting the rows' cumulative sums at uniform draws.
+function xt.multinomial(probs, k, opts)
+    opts = opts or {}
+    if not is_tensor(probs) or probs:dim() ~= 2 then raise('multinomial: expected probs [n,C]') end
+    if type(k) ~= 'number' or k < 1 then raise('multinomial: the number of samples must be >= 1') end
+    local n, c = probs:size(1), probs:size(2)
+    local cdf = probs:float():cumsum(2)
+    local total = cdf:narrow(2, c, 1)                                   -- [n,1]
+    if total:min():item() <= 0 then raise('multinomial: every row needs a positive weight') end
+    local u = xt.rand(n, k, {generator = opts.generator}) * total       -- [n,k]
+    local below = cdf:view(n, 1, c):le(u:view(n, k, 1)):long():sum(3)   -- [n,k] in 0..C
+    return below:clamp(0, c - 1) + 1
+end
+
 function xt.where(cond, a, b)
     local ta = as_tensor(a, is_tensor(b) and b or nil)
     local tb = as_tensor(b, ta)

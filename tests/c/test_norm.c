@@ -7,28 +7,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "internal.h"
+#include "testlib.h"
 
 enum { SEED = 20240611 };
-static xt_rng rng = {SEED, 0};
 
 /* ---- helpers ------------------------------------------------------------------- */
 
-static xt_tensor *randn(int32_t ndim, const int64_t *shape, double scale, double shift)
-{
-    xt_tensor *t = xt_randn(&rng, ndim, shape);
-    float *p = t->data;
-    for (int64_t i = 0; i < xt_numel(t); i++) p[i] = (float)(p[i] * scale + shift);
-    return t;
-}
-
 static xt_tensor *randn1(int64_t n, double scale, double shift)
 {
-    return randn(1, &n, scale, shift);
+    return test_randn(1, &n, scale, shift);
 }
-
-static float *fdata(xt_tensor *t) { return t ? (float *)t->data : NULL; }
 
 /* max |a - b| / (1 + |b|) over n elements of a float tensor and a double array */
 static double rel_err(const xt_tensor *a, const double *b, int64_t n)
@@ -40,103 +28,6 @@ static double rel_err(const xt_tensor *a, const double *b, int64_t n)
         if (!(e <= worst)) worst = e;  /* NaN propagates as a failure */
     }
     return worst;
-}
-
-static double max_diff(const xt_tensor *a, const xt_tensor *b)
-{
-    if (!a || !b || xt_numel(a) != xt_numel(b)) return INFINITY;
-    double worst = 0;
-    for (int64_t i = 0; i < xt_numel(a); i++) {
-        double e = fabs((double)fdata((xt_tensor *)a)[i] - fdata((xt_tensor *)b)[i]);
-        if (!(e <= worst)) worst = e;
-    }
-    return worst;
-}
-
-static bool error_has(const char *needle)
-{
-    if (strstr(xt_last_error(), needle)) return true;
-    fprintf(stderr, "  expected an error containing \"%s\", got \"%s\"\n", needle, xt_last_error());
-    return false;
-}
-
-/* ---- gradient check ---------------------------------------------------------------
- * The loss is sum(out * w) for a fixed random w. f must give the same function for every
- * call (dropout resets its generator inside f). NULL inputs are skipped; inputs must be
- * contiguous float32. */
-
-typedef xt_tensor *(*test_fn)(xt_tensor *const *in, void *ctx);
-
-static double weighted_sum(const xt_tensor *out, const xt_tensor *w)
-{
-    double s = 0;
-    const float *o = out->data, *pw = w->data;
-    for (int64_t i = 0; i < xt_numel(out); i++) s += (double)o[i] * pw[i];
-    return s;
-}
-
-static bool gradcheck(const char *what, test_fn f, void *ctx, int32_t n, xt_tensor **in)
-{
-    const double eps = 1e-3, atol = 3e-3, rtol = 2e-2;
-    for (int32_t k = 0; k < n; k++)
-        if (in[k]) {
-            xt_set_grad(in[k], NULL);
-            xt_set_requires_grad(in[k], 1);
-        }
-    xt_tensor *out = f(in, ctx);
-    if (!out) {
-        fprintf(stderr, "gradcheck %s: forward failed: %s\n", what, xt_last_error());
-        return false;
-    }
-    xt_tensor *w = xt_randn(&rng, out->ndim, out->shape);
-    bool ok = xt_backward(out, w, 0) == XT_OK;
-    if (!ok) fprintf(stderr, "gradcheck %s: backward failed: %s\n", what, xt_last_error());
-    int32_t mode = xt_set_grad_enabled(0);
-    for (int32_t k = 0; ok && k < n; k++) {
-        if (!in[k]) continue;
-        xt_tensor *g = in[k]->grad;
-        if (!g || !xt_same_shape(g, in[k])) {
-            fprintf(stderr, "gradcheck %s: input %d has no gradient of its shape\n", what, k);
-            ok = false;
-            break;
-        }
-        float *data = in[k]->data;
-        int bad = 0;
-        for (int64_t i = 0; i < xt_numel(in[k]); i++) {
-            float v = data[i];
-            data[i] = (float)(v + eps);
-            xt_tensor *plus = f(in, ctx);
-            data[i] = (float)(v - eps);
-            xt_tensor *minus = f(in, ctx);
-            data[i] = v;
-            if (!plus || !minus) {
-                fprintf(stderr, "gradcheck %s: forward failed: %s\n", what, xt_last_error());
-                xt_tensor_release(plus);
-                xt_tensor_release(minus);
-                ok = false;
-                break;
-            }
-            double num = (weighted_sum(plus, w) - weighted_sum(minus, w)) / (2 * eps);
-            double ana = fdata(g)[i];
-            xt_tensor_release(plus);
-            xt_tensor_release(minus);
-            if (fabs(num - ana) > atol + rtol * fabs(num)) {
-                if (bad++ < 5)
-                    fprintf(stderr, "gradcheck %s: input %d element %lld: analytic %.6g, numeric %.6g\n",
-                            what, k, (long long)i, ana, num);
-                ok = false;
-            }
-        }
-    }
-    xt_set_grad_enabled(mode);
-    for (int32_t k = 0; k < n; k++)
-        if (in[k]) {
-            xt_set_grad(in[k], NULL);
-            xt_set_requires_grad(in[k], 0);
-        }
-    xt_tensor_release(w);
-    xt_tensor_release(out);
-    return ok;
 }
 
 /* ---- naive references (double) ----------------------------------------------------- */
@@ -217,15 +108,15 @@ static void check_batch_norm_case(int32_t ndim, const int64_t *shape, bool affin
     double *rm_ref = malloc(sizeof(double) * (size_t)C), *rv_ref = malloc(sizeof(double) * (size_t)C);
     double *ref = malloc(sizeof(double) * (size_t)n);
     for (int64_t c = 0; c < C; c++) {
-        rm_ref[c] = fdata(rm)[c];
-        rv_ref[c] = fdata(rv)[c];
+        rm_ref[c] = test_f32(rm)[c];
+        rv_ref[c] = test_f32(rv)[c];
     }
     for (int step = 0; step < steps; step++) {
-        xt_tensor *x = randn(ndim, shape, 2, 0.5 * step - 1);
+        xt_tensor *x = test_randn(ndim, shape, 2, 0.5 * step - 1);
         xt_tensor *y = xt_batch_norm(x, w, b, rm, rv, 1, 0.1, 1e-5);
         CHECK(y && xt_same_shape(y, x));
         if (!y) break;
-        ref_batch_norm(fdata(x), N, C, S, fdata(w), fdata(b), rm_ref, rv_ref, true, 0.1, 1e-5, ref);
+        ref_batch_norm(test_f32(x), N, C, S, test_f32(w), test_f32(b), rm_ref, rv_ref, true, 0.1, 1e-5, ref);
         CHECK(rel_err(y, ref, n) < 1e-5);
         CHECK(rel_err(rm, rm_ref, C) < 1e-6);
         CHECK(rel_err(rv, rv_ref, C) < 1e-6);
@@ -233,11 +124,11 @@ static void check_batch_norm_case(int32_t ndim, const int64_t *shape, bool affin
         xt_tensor_release(y);
     }
     /* eval uses (and keeps) the running statistics */
-    xt_tensor *x = randn(ndim, shape, 1, 0);
+    xt_tensor *x = test_randn(ndim, shape, 1, 0);
     xt_tensor *y = xt_batch_norm(x, w, b, rm, rv, 0, 0.1, 1e-5);
     CHECK(y != NULL);
     if (y) {
-        ref_batch_norm(fdata(x), N, C, S, fdata(w), fdata(b), rm_ref, rv_ref, false, 0.1, 1e-5, ref);
+        ref_batch_norm(test_f32(x), N, C, S, test_f32(w), test_f32(b), rm_ref, rv_ref, false, 0.1, 1e-5, ref);
         CHECK(rel_err(y, ref, n) < 1e-5);
         CHECK(rel_err(rm, rm_ref, C) < 1e-6 && rel_err(rv, rv_ref, C) < 1e-6);
     }
@@ -245,7 +136,7 @@ static void check_batch_norm_case(int32_t ndim, const int64_t *shape, bool affin
     xt_tensor *y2 = xt_batch_norm(x, w, b, NULL, NULL, 1, 0.1, 1e-5);
     CHECK(y2 != NULL);
     if (y2) {
-        ref_batch_norm(fdata(x), N, C, S, fdata(w), fdata(b), NULL, NULL, true, 0.1, 1e-5, ref);
+        ref_batch_norm(test_f32(x), N, C, S, test_f32(w), test_f32(b), NULL, NULL, true, 0.1, 1e-5, ref);
         CHECK(rel_err(y2, ref, n) < 1e-5);
     }
     xt_tensor *ts[7] = {w, b, rm, rv, x, y, y2};
@@ -270,10 +161,10 @@ static void test_batch_norm_values(void)
 
     /* a shifted input keeps its precision: the mean is taken out before squaring */
     int64_t shape[2] = {64, 3};
-    xt_tensor *x = randn(2, shape, 1, 1000);
+    xt_tensor *x = test_randn(2, shape, 1, 1000);
     xt_tensor *y = xt_batch_norm(x, NULL, NULL, NULL, NULL, 1, 0.1, 0);
     double *ref = malloc(sizeof(double) * 192);
-    ref_batch_norm(fdata(x), 64, 3, 1, NULL, NULL, NULL, NULL, true, 0.1, 0, ref);
+    ref_batch_norm(test_f32(x), 64, 3, 1, NULL, NULL, NULL, NULL, true, 0.1, 0, ref);
     CHECK(y && rel_err(y, ref, 192) < 2e-4);
     free(ref);
     xt_tensor_release(x);
@@ -297,9 +188,9 @@ typedef struct bn_ctx {
     int32_t training;
 } bn_ctx;
 
-static xt_tensor *f_batch_norm(xt_tensor *const *in, void *ctx)
+static xt_tensor *f_batch_norm(xt_tensor *const *in, const void *ctx)
 {
-    bn_ctx *c = ctx;
+    const bn_ctx *c = ctx;
     return xt_batch_norm(in[0], in[1], in[2], c->rm, c->rv, c->training, 0.1, 1e-5);
 }
 
@@ -313,21 +204,21 @@ static void test_batch_norm_grads(void)
         for (int training = 0; training <= 1; training++)
             for (int affine = 0; affine <= 1; affine++) {
                 if (si == 2 && !affine) continue;
-                xt_tensor *in[3] = {randn(ndims[si], shapes[si], 1.5, 0.3),
+                xt_tensor *in[3] = {test_randn(ndims[si], shapes[si], 1.5, 0.3),
                                     affine ? randn1(C, 0.5, 1) : NULL,
                                     affine ? randn1(C, 1, 0) : NULL};
                 bn_ctx c = {randn1(C, 0.5, 0), randn1(C, 0.2, 1.2), training};
                 char name[96];
                 snprintf(name, sizeof name, "batch_norm %dd %s %s", ndims[si],
                          training ? "train" : "eval", affine ? "affine" : "plain");
-                CHECK(gradcheck(name, f_batch_norm, &c, 3, in));
+                CHECK(test_gradcheck(name, f_batch_norm, &c, 3, in));
                 if (training) {  /* and without running statistics */
                     xt_tensor_release(c.rm);
                     xt_tensor_release(c.rv);
                     c.rm = c.rv = NULL;
                     snprintf(name, sizeof name, "batch_norm %dd train no stats %s", ndims[si],
                              affine ? "affine" : "plain");
-                    CHECK(gradcheck(name, f_batch_norm, &c, 3, in));
+                    CHECK(test_gradcheck(name, f_batch_norm, &c, 3, in));
                 }
                 for (int k = 0; k < 3; k++) xt_tensor_release(in[k]);
                 xt_tensor_release(c.rm);
@@ -337,10 +228,10 @@ static void test_batch_norm_grads(void)
 
     /* only the weight needs a gradient: x and bias get none */
     int64_t shape[4] = {2, 3, 2, 2}, C = 3;
-    xt_tensor *x = randn(4, shape, 1, 0), *w = randn1(C, 0.5, 1), *b = randn1(C, 1, 0);
+    xt_tensor *x = test_randn(4, shape, 1, 0), *w = randn1(C, 0.5, 1), *b = randn1(C, 1, 0);
     xt_set_requires_grad(w, 1);
     xt_tensor *y = xt_batch_norm(x, w, b, NULL, NULL, 1, 0.1, 1e-5);
-    xt_tensor *dy = xt_randn(&rng, 4, shape);
+    xt_tensor *dy = xt_randn(&test_rng, 4, shape);
     CHECK(y && xt_backward(y, dy, 0) == XT_OK);
     CHECK(w->grad && !x->grad && !b->grad);
     xt_set_requires_grad(w, 0);
@@ -357,18 +248,18 @@ static void test_batch_norm_grads(void)
 static void test_batch_norm_saved_stats(void)
 {
     int64_t shape[2] = {4, 3}, C = 3;
-    xt_tensor *x = randn(2, shape, 1, 0), *w = randn1(C, 0.5, 1);
+    xt_tensor *x = test_randn(2, shape, 1, 0), *w = randn1(C, 0.5, 1);
     xt_tensor *rm = randn1(C, 1, 0), *rv = randn1(C, 0.1, 1);
     xt_tensor *rv_before = xt_clone(rv);
     xt_set_requires_grad(x, 1);
     xt_tensor *y = xt_batch_norm(x, w, NULL, rm, rv, 0, 0.1, 1e-5);
-    xt_tensor *x2 = randn(2, shape, 3, 2);
+    xt_tensor *x2 = test_randn(2, shape, 3, 2);
     xt_tensor *y2 = xt_batch_norm(x2, w, NULL, rm, rv, 1, 0.5, 1e-5);  /* moves rm, rv */
     xt_tensor *dy = xt_full(2, shape, XT_FLOAT32, 1);
     CHECK(y && y2 && xt_backward(y, dy, 0) == XT_OK);
     if (x->grad)
         for (int64_t i = 0; i < 12; i++)
-            CHECK_NEAR(fdata(x->grad)[i], fdata(w)[i % 3] / sqrt(fdata(rv_before)[i % 3] + 1e-5), 1e-5);
+            CHECK_NEAR(test_f32(x->grad)[i], test_f32(w)[i % 3] / sqrt(test_f32(rv_before)[i % 3] + 1e-5), 1e-5);
     xt_tensor *ts[9] = {x, w, rm, rv, rv_before, y, x2, y2, dy};
     for (int i = 0; i < 9; i++) xt_tensor_release(ts[i]);
 }
@@ -380,12 +271,12 @@ static void check_layer_norm_case(int32_t ndim, const int64_t *shape, int32_t nd
 {
     const int64_t *nshape = shape + (ndim - nd);
     int64_t D = xt_shape_numel(nd, nshape), n = xt_shape_numel(ndim, shape), R = n / D;
-    xt_tensor *x = randn(ndim, shape, 2, 1);
-    xt_tensor *w = has_w ? randn(nd, nshape, 0.5, 1) : NULL;
-    xt_tensor *b = has_b ? randn(nd, nshape, 1, 0) : NULL;
+    xt_tensor *x = test_randn(ndim, shape, 2, 1);
+    xt_tensor *w = has_w ? test_randn(nd, nshape, 0.5, 1) : NULL;
+    xt_tensor *b = has_b ? test_randn(nd, nshape, 1, 0) : NULL;
     xt_tensor *y = xt_layer_norm(x, nd, w, b, 1e-5);
     double *ref = malloc(sizeof(double) * (size_t)n);
-    ref_layer_norm(fdata(x), R, D, fdata(w), fdata(b), 1e-5, ref);
+    ref_layer_norm(test_f32(x), R, D, test_f32(w), test_f32(b), 1e-5, ref);
     CHECK(y && xt_same_shape(y, x) && rel_err(y, ref, n) < 1e-5);
     free(ref);
     xt_tensor_release(x);
@@ -407,18 +298,18 @@ static void test_layer_norm_values(void)
 
     /* a strided (transposed) view: the same as its contiguous copy */
     int64_t shape[2] = {6, 4};
-    xt_tensor *base = randn(2, shape, 1, 0);
+    xt_tensor *base = test_randn(2, shape, 1, 0);
     int64_t tshape[2] = {4, 6}, tstrides[2] = {1, 4};
     xt_tensor *t = xt_tensor_new_view(base->storage, XT_FLOAT32, 2, tshape, tstrides, 0);
     xt_tensor *tc = xt_clone(t);
     xt_tensor *y = xt_layer_norm(t, 1, NULL, NULL, 1e-5), *yc = xt_layer_norm(tc, 1, NULL, NULL, 1e-5);
-    CHECK(y && yc && max_diff(y, yc) == 0);
+    CHECK(y && yc && test_max_diff(y, yc) == 0);
     /* and its gradient arrives in the view's shape */
     xt_set_requires_grad(base, 1);
     xt_tensor *t2 = xt_tensor_new_view(base->storage, XT_FLOAT32, 2, tshape, tstrides, 0);
     xt_set_requires_grad(t2, 1);
     xt_tensor *y2 = xt_layer_norm(t2, 1, NULL, NULL, 1e-5);
-    xt_tensor *dy = xt_randn(&rng, 2, tshape);
+    xt_tensor *dy = xt_randn(&test_rng, 2, tshape);
     CHECK(y2 && xt_backward(y2, dy, 0) == XT_OK && t2->grad && t2->grad->shape[0] == 4);
     xt_tensor *ts[8] = {base, t, tc, y, yc, t2, y2, dy};
     for (int i = 0; i < 8; i++) xt_tensor_release(ts[i]);
@@ -428,9 +319,9 @@ typedef struct ln_ctx {
     int32_t nd;
 } ln_ctx;
 
-static xt_tensor *f_layer_norm(xt_tensor *const *in, void *ctx)
+static xt_tensor *f_layer_norm(xt_tensor *const *in, const void *ctx)
 {
-    return xt_layer_norm(in[0], ((ln_ctx *)ctx)->nd, in[1], in[2], 1e-5);
+    return xt_layer_norm(in[0], ((const ln_ctx *)ctx)->nd, in[1], in[2], 1e-5);
 }
 
 static void test_layer_norm_grads(void)
@@ -439,13 +330,13 @@ static void test_layer_norm_grads(void)
     for (int32_t nd = 1; nd <= 2; nd++)
         for (int affine = 0; affine < 4; affine++) {  /* bit 0 weight, bit 1 bias */
             const int64_t *nshape = shape + (3 - nd);
-            xt_tensor *in[3] = {randn(3, shape, 1.5, 0.5),
-                                (affine & 1) ? randn(nd, nshape, 0.5, 1) : NULL,
-                                (affine & 2) ? randn(nd, nshape, 1, 0) : NULL};
+            xt_tensor *in[3] = {test_randn(3, shape, 1.5, 0.5),
+                                (affine & 1) ? test_randn(nd, nshape, 0.5, 1) : NULL,
+                                (affine & 2) ? test_randn(nd, nshape, 1, 0) : NULL};
             ln_ctx c = {nd};
             char name[64];
             snprintf(name, sizeof name, "layer_norm over %d dims, affine %d", nd, affine);
-            CHECK(gradcheck(name, f_layer_norm, &c, 3, in));
+            CHECK(test_gradcheck(name, f_layer_norm, &c, 3, in));
             for (int k = 0; k < 3; k++) xt_tensor_release(in[k]);
         }
 }
@@ -461,12 +352,12 @@ static void test_group_norm_values(void)
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         int64_t *shape = cases[k].shape, N = shape[0], C = shape[1];
         int64_t S = xt_shape_numel(cases[k].ndim - 2, shape + 2), n = N * C * S;
-        xt_tensor *x = randn(cases[k].ndim, shape, 2, 1);
+        xt_tensor *x = test_randn(cases[k].ndim, shape, 2, 1);
         xt_tensor *w = cases[k].affine ? randn1(C, 0.5, 1) : NULL;
         xt_tensor *b = cases[k].affine ? randn1(C, 1, 0) : NULL;
         xt_tensor *y = xt_group_norm(x, cases[k].groups, w, b, 1e-5);
         double *ref = malloc(sizeof(double) * (size_t)n);
-        ref_group_norm(fdata(x), N, C, S, cases[k].groups, fdata(w), fdata(b), 1e-5, ref);
+        ref_group_norm(test_f32(x), N, C, S, cases[k].groups, test_f32(w), test_f32(b), 1e-5, ref);
         CHECK(y && xt_same_shape(y, x) && rel_err(y, ref, n) < 1e-5);
         free(ref);
         xt_tensor_release(x);
@@ -480,9 +371,9 @@ typedef struct gn_ctx {
     int32_t groups;
 } gn_ctx;
 
-static xt_tensor *f_group_norm(xt_tensor *const *in, void *ctx)
+static xt_tensor *f_group_norm(xt_tensor *const *in, const void *ctx)
 {
-    return xt_group_norm(in[0], ((gn_ctx *)ctx)->groups, in[1], in[2], 1e-5);
+    return xt_group_norm(in[0], ((const gn_ctx *)ctx)->groups, in[1], in[2], 1e-5);
 }
 
 static void test_group_norm_grads(void)
@@ -493,13 +384,13 @@ static void test_group_norm_grads(void)
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         int64_t C = cases[k].shape[1];
-        xt_tensor *in[3] = {randn(cases[k].ndim, cases[k].shape, 1.5, 0.5),
+        xt_tensor *in[3] = {test_randn(cases[k].ndim, cases[k].shape, 1.5, 0.5),
                             cases[k].affine ? randn1(C, 0.5, 1) : NULL,
                             cases[k].affine ? randn1(C, 1, 0) : NULL};
         gn_ctx c = {cases[k].groups};
         char name[64];
         snprintf(name, sizeof name, "group_norm case %d", (int)k);
-        CHECK(gradcheck(name, f_group_norm, &c, 3, in));
+        CHECK(test_gradcheck(name, f_group_norm, &c, 3, in));
         for (int i = 0; i < 3; i++) xt_tensor_release(in[i]);
     }
 }
@@ -547,16 +438,16 @@ static void test_threads(void)
         {gn4, 4, {8, 32, 12, 12}, 32, "group_norm"},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        xt_tensor *x = randn(cases[k].ndim, cases[k].shape, 1, 0.3);
+        xt_tensor *x = test_randn(cases[k].ndim, cases[k].shape, 1, 0.3);
         xt_tensor *w = randn1(cases[k].wn, 0.5, 1), *b = randn1(cases[k].wn, 1, 0);
-        xt_tensor *dy = xt_randn(&rng, cases[k].ndim, cases[k].shape);
+        xt_tensor *dy = xt_randn(&test_rng, cases[k].ndim, cases[k].shape);
         xt_tensor *r1[4], *r2[4];
         xt_set_num_threads(1);
         run_norm(cases[k].fn, x, w, b, dy, r1);
         xt_set_num_threads(2);
         run_norm(cases[k].fn, x, w, b, dy, r2);
         for (int i = 0; i < 4; i++) {
-            double d = max_diff(r1[i], r2[i]);
+            double d = test_max_diff(r1[i], r2[i]);
             if (!(d < 1e-4)) fprintf(stderr, "threads %s result %d differs by %g\n", cases[k].name, i, d);
             CHECK(d < 1e-4);
             xt_tensor_release(r1[i]);
@@ -574,7 +465,7 @@ static void test_threads(void)
 static void test_dropout(void)
 {
     int64_t n = 100003;
-    xt_tensor *x = randn(1, &n, 1, 3);  /* away from zero, so a zero means dropped */
+    xt_tensor *x = test_randn(1, &n, 1, 3);  /* away from zero, so a zero means dropped */
     xt_rng a = {77, 5}, b = {77, 5};
     xt_set_num_threads(1);
     xt_tensor *y1 = xt_dropout(x, &a, 0.3);
@@ -585,10 +476,10 @@ static void test_dropout(void)
     int64_t kept = 0;
     bool scaled = true;
     for (int64_t i = 0; i < n; i++) {
-        float v = fdata(y1)[i];
+        float v = test_f32(y1)[i];
         if (v != 0) {
             kept++;
-            scaled = scaled && fabsf(v - fdata(x)[i] / 0.7f) <= 1e-6f * fabsf(v);
+            scaled = scaled && fabsf(v - test_f32(x)[i] / 0.7f) <= 1e-6f * fabsf(v);
         }
     }
     CHECK(scaled);
@@ -606,8 +497,8 @@ static void test_dropout(void)
     CHECK(y4 && xt_backward(y4, dy, 0) == XT_OK && x->grad);
     bool same_mask = x->grad != NULL;
     for (int64_t i = 0; same_mask && i < n; i++) {
-        float g = fdata(x->grad)[i];
-        same_mask = fdata(y1)[i] == 0 ? g == 0 : fabsf(g - 2 / 0.7f) < 1e-6f;
+        float g = test_f32(x->grad)[i];
+        same_mask = test_f32(y1)[i] == 0 ? g == 0 : fabsf(g - 2 / 0.7f) < 1e-6f;
     }
     CHECK(same_mask);
     xt_set_grad(x, NULL);
@@ -615,21 +506,21 @@ static void test_dropout(void)
     /* p == 0: a copy, the generator untouched; p == 1: zeros, zero gradient */
     xt_rng d = {9, 0};
     xt_tensor *y0 = xt_dropout(x, &d, 0);
-    CHECK(y0 && y0 != x && max_diff(y0, x) == 0 && d.offset == 0);
+    CHECK(y0 && y0 != x && test_max_diff(y0, x) == 0 && d.offset == 0);
     xt_tensor *yall = xt_dropout(x, &d, 1);
-    CHECK(yall && fdata(yall)[0] == 0 && fdata(yall)[n - 1] == 0 && d.offset == 0);
-    CHECK(yall && xt_backward(yall, dy, 0) == XT_OK && x->grad && fdata(x->grad)[17] == 0);
+    CHECK(yall && test_f32(yall)[0] == 0 && test_f32(yall)[n - 1] == 0 && d.offset == 0);
+    CHECK(yall && xt_backward(yall, dy, 0) == XT_OK && x->grad && test_f32(x->grad)[17] == 0);
     xt_set_grad(x, NULL);
     xt_set_requires_grad(x, 0);
 
     /* a strided input draws in C order, like its contiguous copy */
     int64_t shape[2] = {40, 30}, tshape[2] = {30, 40}, tstrides[2] = {1, 30};
-    xt_tensor *base = randn(2, shape, 1, 3);
+    xt_tensor *base = test_randn(2, shape, 1, 3);
     xt_tensor *t = xt_tensor_new_view(base->storage, XT_FLOAT32, 2, tshape, tstrides, 0);
     xt_tensor *tc = xt_clone(t);
     xt_rng e1 = {3, 0}, e2 = {3, 0};
     xt_tensor *yt = xt_dropout(t, &e1, 0.5), *ytc = xt_dropout(tc, &e2, 0.5);
-    CHECK(yt && ytc && max_diff(yt, ytc) == 0);
+    CHECK(yt && ytc && test_max_diff(yt, ytc) == 0);
 
     xt_tensor *ts[12] = {x, y1, y2, y3, y4, dy, y0, yall, base, t, tc, yt};
     for (int i = 0; i < 12; i++) xt_tensor_release(ts[i]);
@@ -637,15 +528,15 @@ static void test_dropout(void)
 }
 
 typedef struct dropout_ctx {
-    xt_rng start, rng;
+    xt_rng start;
     double p;
 } dropout_ctx;
 
-static xt_tensor *f_dropout(xt_tensor *const *in, void *ctx)
+static xt_tensor *f_dropout(xt_tensor *const *in, const void *ctx)
 {
-    dropout_ctx *c = ctx;
-    c->rng = c->start;  /* the same mask for every evaluation */
-    return xt_dropout(in[0], &c->rng, c->p);
+    const dropout_ctx *c = ctx;
+    xt_rng rng = c->start;  /* the same mask for every evaluation */
+    return xt_dropout(in[0], &rng, c->p);
 }
 
 static void test_dropout_grads(void)
@@ -653,18 +544,18 @@ static void test_dropout_grads(void)
     int64_t shape[2] = {5, 7};
     double ps[4] = {0, 0.25, 0.5, 1};
     for (int k = 0; k < 4; k++) {
-        xt_tensor *x = randn(2, shape, 1, 0);
-        dropout_ctx c = {{1234, 10}, {0, 0}, ps[k]};
+        xt_tensor *x = test_randn(2, shape, 1, 0);
+        dropout_ctx c = {{1234, 10}, ps[k]};
         char name[48];
         snprintf(name, sizeof name, "dropout p=%g", ps[k]);
-        CHECK(gradcheck(name, f_dropout, &c, 1, &x));
+        CHECK(test_gradcheck(name, f_dropout, &c, 1, &x));
         xt_tensor_release(x);
     }
 }
 
 /* ---- embedding ---------------------------------------------------------------------------- */
 
-static xt_tensor *f_embedding(xt_tensor *const *in, void *ctx)
+static xt_tensor *f_embedding(xt_tensor *const *in, const void *ctx)
 {
     return xt_embedding(in[0], (xt_tensor *)ctx, 1);
 }
@@ -673,13 +564,13 @@ static void test_embedding(void)
 {
     int64_t wshape[2] = {10, 4}, ishape[2] = {3, 5};
     int64_t idx[15] = {1, 4, 4, 10, 2, 10, 10, 3, 1, 4, 6, 6, 6, 8, 4};
-    xt_tensor *w = randn(2, wshape, 1, 0);
+    xt_tensor *w = test_randn(2, wshape, 1, 0);
     xt_tensor *index = xt_from_data(2, ishape, XT_INT64, idx);
     xt_tensor *y = xt_embedding(w, index, 1);
     CHECK(y && y->ndim == 3 && y->shape[0] == 3 && y->shape[1] == 5 && y->shape[2] == 4);
     bool rows_ok = y != NULL;
     for (int i = 0; rows_ok && i < 15; i++)
-        rows_ok = memcmp(fdata(y) + i * 4, fdata(w) + (idx[i] - 1) * 4, 16) == 0;
+        rows_ok = memcmp(test_f32(y) + i * 4, test_f32(w) + (idx[i] - 1) * 4, 16) == 0;
     CHECK(rows_ok);
 
     /* base 0 picks the same rows from indices one lower */
@@ -687,29 +578,29 @@ static void test_embedding(void)
     for (int i = 0; i < 15; i++) idx0[i] = idx[i] - 1;
     xt_tensor *index0 = xt_from_data(2, ishape, XT_INT64, idx0);
     xt_tensor *y0 = xt_embedding(w, index0, 0);
-    CHECK(y0 && max_diff(y, y0) == 0);
+    CHECK(y0 && test_max_diff(y, y0) == 0);
 
     /* repeated indices add up in the gradient */
     xt_tensor *wg = xt_clone(w);
     xt_set_requires_grad(wg, 1);
     xt_tensor *yg = xt_embedding(wg, index, 1);
-    xt_tensor *dy = xt_randn(&rng, 3, yg ? yg->shape : wshape);
+    xt_tensor *dy = xt_randn(&test_rng, 3, yg ? yg->shape : wshape);
     CHECK(yg && xt_backward(yg, dy, 0) == XT_OK && wg->grad);
     if (wg->grad) {
         double ref[40] = {0};
         for (int i = 0; i < 15; i++)
-            for (int j = 0; j < 4; j++) ref[(idx[i] - 1) * 4 + j] += fdata(dy)[i * 4 + j];
+            for (int j = 0; j < 4; j++) ref[(idx[i] - 1) * 4 + j] += test_f32(dy)[i * 4 + j];
         CHECK(rel_err(wg->grad, ref, 40) < 1e-6);
-        CHECK(fdata(wg->grad)[4 * 4] == 0);  /* row 5 is never picked */
+        CHECK(test_f32(wg->grad)[4 * 4] == 0);  /* row 5 is never picked */
     }
     xt_tensor *in[1] = {w};
-    CHECK(gradcheck("embedding with repeated indices", f_embedding, index, 1, in));
+    CHECK(test_gradcheck("embedding with repeated indices", f_embedding, index, 1, in));
 
     /* a 0-d index gives one row; an empty index gives [0, D] */
     int64_t seven = 7;
     xt_tensor *scalar = xt_from_data(0, NULL, XT_INT64, &seven);
     xt_tensor *ys = xt_embedding(w, scalar, 1);
-    CHECK(ys && ys->ndim == 1 && ys->shape[0] == 4 && fdata(ys)[2] == fdata(w)[6 * 4 + 2]);
+    CHECK(ys && ys->ndim == 1 && ys->shape[0] == 4 && test_f32(ys)[2] == test_f32(w)[6 * 4 + 2]);
     int64_t zero = 0;
     xt_tensor *none = xt_empty(1, &zero, XT_INT64);
     xt_tensor *yn = xt_embedding(w, none, 1);
@@ -717,12 +608,12 @@ static void test_embedding(void)
 
     /* the parallel backward (columns across threads) against a serial sum */
     int64_t V = 50, D = 96, n = 4000, big_w[2] = {V, D};
-    xt_tensor *wb = randn(2, big_w, 1, 0);
-    xt_tensor *ib = xt_randint(&rng, 1, V + 1, 1, &n);
+    xt_tensor *wb = test_randn(2, big_w, 1, 0);
+    xt_tensor *ib = xt_randint(&test_rng, 1, V + 1, 1, &n);
     xt_set_requires_grad(wb, 1);
     xt_tensor *r[2] = {NULL, NULL};
     int64_t oshape[2] = {n, D};
-    xt_tensor *dyb = xt_randn(&rng, 2, oshape);
+    xt_tensor *dyb = xt_randn(&test_rng, 2, oshape);
     for (int threads = 1; threads <= 2; threads++) {
         xt_set_num_threads(threads);
         xt_tensor *yb = xt_embedding(wb, ib, 1);
@@ -734,8 +625,8 @@ static void test_embedding(void)
     double *ref = calloc((size_t)(V * D), sizeof(double));
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < D; j++)
-            ref[(((int64_t *)ib->data)[i] - 1) * D + j] += fdata(dyb)[i * D + j];
-    CHECK(r[0] && r[1] && max_diff(r[0], r[1]) == 0 && rel_err(r[0], ref, V * D) < 1e-5);
+            ref[(((int64_t *)ib->data)[i] - 1) * D + j] += test_f32(dyb)[i * D + j];
+    CHECK(r[0] && r[1] && test_max_diff(r[0], r[1]) == 0 && rel_err(r[0], ref, V * D) < 1e-5);
     free(ref);
 
     xt_tensor *ts[17] = {w, index, y, index0, y0, wg, yg, dy, scalar, ys, none, yn, wb, ib, dyb,
@@ -748,37 +639,37 @@ static void test_embedding(void)
 static void test_errors(void)
 {
     int64_t s4[4] = {2, 3, 2, 2}, s2[2] = {4, 5}, three = 3;
-    xt_tensor *x = randn(4, s4, 1, 0), *x2 = randn(2, s2, 1, 0);
+    xt_tensor *x = test_randn(4, s4, 1, 0), *x2 = test_randn(2, s2, 1, 0);
     xt_tensor *v3 = randn1(3, 1, 0), *v4 = randn1(4, 1, 0), *v5 = randn1(5, 1, 0);
     xt_tensor *xi = xt_zeros(4, s4, XT_INT64), *v3i = xt_zeros(1, &three, XT_INT64);
     xt_tensor *rv3 = xt_full(1, &three, XT_FLOAT32, 1), *rm3 = xt_zeros(1, &three, XT_FLOAT32);
     xt_tensor *x1 = randn1(5, 1, 0);
 
     /* batch_norm */
-    CHECK(!xt_batch_norm(NULL, NULL, NULL, NULL, NULL, 1, 0.1, 1e-5) && error_has("batch_norm: x is NULL"));
+    CHECK(!xt_batch_norm(NULL, NULL, NULL, NULL, NULL, 1, 0.1, 1e-5) && test_error_has("batch_norm: x is NULL"));
     CHECK(!xt_batch_norm(xi, NULL, NULL, NULL, NULL, 1, 0.1, 1e-5) &&
-          error_has("batch_norm: expected float32 x, got int64"));
+          test_error_has("batch_norm: expected float32 x, got int64"));
     CHECK(!xt_batch_norm(x1, NULL, NULL, NULL, NULL, 1, 0.1, 1e-5) &&
-          error_has("batch_norm: expected x of shape [N,C,...] (at least 2 dims), got [5]"));
+          test_error_has("batch_norm: expected x of shape [N,C,...] (at least 2 dims), got [5]"));
     CHECK(!xt_batch_norm(x, v4, NULL, NULL, NULL, 1, 0.1, 1e-5) &&
-          error_has("batch_norm: weight has shape [4], expected [3]"));
+          test_error_has("batch_norm: weight has shape [4], expected [3]"));
     CHECK(!xt_batch_norm(x, v3, v4, NULL, NULL, 1, 0.1, 1e-5) &&
-          error_has("batch_norm: bias has shape [4], expected [3]"));
+          test_error_has("batch_norm: bias has shape [4], expected [3]"));
     CHECK(!xt_batch_norm(x, v3i, NULL, NULL, NULL, 1, 0.1, 1e-5) &&
-          error_has("batch_norm: expected float32 weight, got int64"));
+          test_error_has("batch_norm: expected float32 weight, got int64"));
     CHECK(!xt_batch_norm(x, NULL, NULL, v4, rv3, 1, 0.1, 1e-5) &&
-          error_has("batch_norm: running_mean has shape [4], expected [3] (x has 3 channels"));
+          test_error_has("batch_norm: running_mean has shape [4], expected [3] (x has 3 channels"));
     CHECK(!xt_batch_norm(x, NULL, NULL, rm3, v5, 0, 0.1, 1e-5) &&
-          error_has("batch_norm: running_var has shape [5], expected [3]"));
+          test_error_has("batch_norm: running_var has shape [5], expected [3]"));
     CHECK(!xt_batch_norm(x, NULL, NULL, rm3, NULL, 1, 0.1, 1e-5) &&
-          error_has("running_mean and running_var must both be given"));
+          test_error_has("running_mean and running_var must both be given"));
     CHECK(!xt_batch_norm(x, NULL, NULL, NULL, NULL, 0, 0.1, 1e-5) &&
-          error_has("batch_norm: running_mean and running_var are needed when not training"));
-    CHECK(!xt_batch_norm(x, NULL, NULL, NULL, NULL, 1, 0.1, -1) && error_has("eps must be >= 0"));
+          test_error_has("batch_norm: running_mean and running_var are needed when not training"));
+    CHECK(!xt_batch_norm(x, NULL, NULL, NULL, NULL, 1, 0.1, -1) && test_error_has("eps must be >= 0"));
     int64_t one_per[2] = {1, 3};
-    xt_tensor *x13 = randn(2, one_per, 1, 0);
+    xt_tensor *x13 = test_randn(2, one_per, 1, 0);
     CHECK(!xt_batch_norm(x13, NULL, NULL, NULL, NULL, 1, 0.1, 1e-5) &&
-          error_has("batch_norm: expected more than 1 value per channel when training, got x of shape [1,3]"));
+          test_error_has("batch_norm: expected more than 1 value per channel when training, got x of shape [1,3]"));
     xt_tensor *y13 = xt_batch_norm(x13, NULL, NULL, rm3, rv3, 0, 0.1, 1e-5);  /* fine in eval */
     CHECK(y13 != NULL);
     xt_tensor_release(y13);
@@ -788,66 +679,66 @@ static void test_errors(void)
     xt_set_requires_grad(rm3, 0);
 
     /* layer_norm */
-    CHECK(!xt_layer_norm(NULL, 1, NULL, NULL, 1e-5) && error_has("layer_norm: x is NULL"));
-    CHECK(!xt_layer_norm(xi, 1, NULL, NULL, 1e-5) && error_has("layer_norm: expected float32 x, got int64"));
+    CHECK(!xt_layer_norm(NULL, 1, NULL, NULL, 1e-5) && test_error_has("layer_norm: x is NULL"));
+    CHECK(!xt_layer_norm(xi, 1, NULL, NULL, 1e-5) && test_error_has("layer_norm: expected float32 x, got int64"));
     CHECK(!xt_layer_norm(x2, 1, v4, NULL, 1e-5) &&
-          error_has("layer_norm: weight has shape [4], expected [5]"));
-    CHECK(!xt_layer_norm(x2, 1, v5, v3, 1e-5) && error_has("layer_norm: bias has shape [3], expected [5]"));
+          test_error_has("layer_norm: weight has shape [4], expected [5]"));
+    CHECK(!xt_layer_norm(x2, 1, v5, v3, 1e-5) && test_error_has("layer_norm: bias has shape [3], expected [5]"));
     CHECK(!xt_layer_norm(x2, 2, v5, NULL, 1e-5) &&
-          error_has("layer_norm: weight has shape [5], expected [4,5]"));
+          test_error_has("layer_norm: weight has shape [5], expected [4,5]"));
     CHECK(!xt_layer_norm(x2, 0, NULL, NULL, 1e-5) &&
-          error_has("layer_norm: normalized_ndim must be in [1, 2] for x with 2 dims, got 0"));
-    CHECK(!xt_layer_norm(x2, 3, NULL, NULL, 1e-5) && error_has("got 3"));
-    CHECK(!xt_layer_norm(x2, 1, NULL, NULL, NAN) && error_has("eps"));
+          test_error_has("layer_norm: normalized_ndim must be in [1, 2] for x with 2 dims, got 0"));
+    CHECK(!xt_layer_norm(x2, 3, NULL, NULL, 1e-5) && test_error_has("got 3"));
+    CHECK(!xt_layer_norm(x2, 1, NULL, NULL, NAN) && test_error_has("eps"));
 
     /* group_norm */
-    CHECK(!xt_group_norm(NULL, 1, NULL, NULL, 1e-5) && error_has("group_norm: x is NULL"));
-    CHECK(!xt_group_norm(xi, 1, NULL, NULL, 1e-5) && error_has("group_norm: expected float32 x"));
-    CHECK(!xt_group_norm(x1, 1, NULL, NULL, 1e-5) && error_has("at least 2 dims"));
+    CHECK(!xt_group_norm(NULL, 1, NULL, NULL, 1e-5) && test_error_has("group_norm: x is NULL"));
+    CHECK(!xt_group_norm(xi, 1, NULL, NULL, 1e-5) && test_error_has("group_norm: expected float32 x"));
+    CHECK(!xt_group_norm(x1, 1, NULL, NULL, 1e-5) && test_error_has("at least 2 dims"));
     CHECK(!xt_group_norm(x, 2, NULL, NULL, 1e-5) &&
-          error_has("group_norm: 2 groups do not divide 3 channels (dim 1 of x)"));
+          test_error_has("group_norm: 2 groups do not divide 3 channels (dim 1 of x)"));
     xt_set_message_base(1);
-    CHECK(!xt_group_norm(x, 2, NULL, NULL, 1e-5) && error_has("(dim 2 of x)"));
-    CHECK(!xt_batch_norm(x, NULL, NULL, v4, rv3, 1, 0.1, 1e-5) && error_has("channels in dim 2)"));
+    CHECK(!xt_group_norm(x, 2, NULL, NULL, 1e-5) && test_error_has("(dim 2 of x)"));
+    CHECK(!xt_batch_norm(x, NULL, NULL, v4, rv3, 1, 0.1, 1e-5) && test_error_has("channels in dim 2)"));
     xt_set_message_base(0);
-    CHECK(!xt_group_norm(x, 0, NULL, NULL, 1e-5) && error_has("group_norm: groups must be positive, got 0"));
-    CHECK(!xt_group_norm(x, 3, v4, NULL, 1e-5) && error_has("group_norm: weight has shape [4], expected [3]"));
-    CHECK(!xt_group_norm(x, 3, v3, v5, 1e-5) && error_has("group_norm: bias has shape [5], expected [3]"));
+    CHECK(!xt_group_norm(x, 0, NULL, NULL, 1e-5) && test_error_has("group_norm: groups must be positive, got 0"));
+    CHECK(!xt_group_norm(x, 3, v4, NULL, 1e-5) && test_error_has("group_norm: weight has shape [4], expected [3]"));
+    CHECK(!xt_group_norm(x, 3, v3, v5, 1e-5) && test_error_has("group_norm: bias has shape [5], expected [3]"));
 
     /* dropout */
     xt_rng r = {1, 0};
-    CHECK(!xt_dropout(NULL, &r, 0.5) && error_has("dropout: x is NULL"));
-    CHECK(!xt_dropout(xi, &r, 0.5) && error_has("dropout: expected float32 x, got int64"));
-    CHECK(!xt_dropout(x, &r, -0.1) && error_has("dropout: probability p must be in [0, 1], got -0.1"));
-    CHECK(!xt_dropout(x, &r, 1.5) && error_has("got 1.5"));
-    CHECK(!xt_dropout(x, &r, NAN) && error_has("dropout: probability p must be in [0, 1]"));
-    CHECK(!xt_dropout(x, NULL, 0.5) && error_has("dropout: rng is NULL"));
+    CHECK(!xt_dropout(NULL, &r, 0.5) && test_error_has("dropout: x is NULL"));
+    CHECK(!xt_dropout(xi, &r, 0.5) && test_error_has("dropout: expected float32 x, got int64"));
+    CHECK(!xt_dropout(x, &r, -0.1) && test_error_has("dropout: probability p must be in [0, 1], got -0.1"));
+    CHECK(!xt_dropout(x, &r, 1.5) && test_error_has("got 1.5"));
+    CHECK(!xt_dropout(x, &r, NAN) && test_error_has("dropout: probability p must be in [0, 1]"));
+    CHECK(!xt_dropout(x, NULL, 0.5) && test_error_has("dropout: rng is NULL"));
     CHECK(r.offset == 0);
 
     /* embedding */
     int64_t wshape[2] = {10, 4}, bad[3] = {3, 11, 1};
-    xt_tensor *w = randn(2, wshape, 1, 0);
+    xt_tensor *w = test_randn(2, wshape, 1, 0);
     xt_tensor *ib = xt_from_data(1, &three, XT_INT64, bad);
-    CHECK(!xt_embedding(w, ib, 1) && error_has("embedding: index 11 out of range [1, 10]"));
-    CHECK(!xt_embedding(w, ib, 0) && error_has("embedding: index 11 out of range [0, 9]"));
+    CHECK(!xt_embedding(w, ib, 1) && test_error_has("embedding: index 11 out of range [1, 10]"));
+    CHECK(!xt_embedding(w, ib, 0) && test_error_has("embedding: index 11 out of range [0, 9]"));
     int64_t low[2] = {0, -5};
     xt_tensor *il = xt_from_data(1, (int64_t[]){2}, XT_INT64, low);
-    CHECK(!xt_embedding(w, il, 1) && error_has("embedding: index 0 out of range [1, 10]"));
-    CHECK(!xt_embedding(w, il, 0) && error_has("embedding: index -5 out of range [0, 9]"));
+    CHECK(!xt_embedding(w, il, 1) && test_error_has("embedding: index 0 out of range [1, 10]"));
+    CHECK(!xt_embedding(w, il, 0) && test_error_has("embedding: index -5 out of range [0, 9]"));
     int64_t huge[1] = {INT64_MIN};
     xt_tensor *ih = xt_from_data(1, (int64_t[]){1}, XT_INT64, huge);
-    CHECK(!xt_embedding(w, ih, 1) && error_has("out of range [1, 10]"));
-    CHECK(!xt_embedding(NULL, ib, 1) && error_has("embedding: weight is NULL"));
-    CHECK(!xt_embedding(w, NULL, 1) && error_has("embedding: index is NULL"));
-    CHECK(!xt_embedding(w, x, 1) && error_has("embedding: expected int64 index, got float32"));
-    CHECK(!xt_embedding(v3i, ib, 1) && error_has("embedding: expected float32 weight, got int64"));
-    CHECK(!xt_embedding(x, ib, 1) && error_has("embedding: expected weight of shape [V,D], got [2,3,2,2]"));
+    CHECK(!xt_embedding(w, ih, 1) && test_error_has("out of range [1, 10]"));
+    CHECK(!xt_embedding(NULL, ib, 1) && test_error_has("embedding: weight is NULL"));
+    CHECK(!xt_embedding(w, NULL, 1) && test_error_has("embedding: index is NULL"));
+    CHECK(!xt_embedding(w, x, 1) && test_error_has("embedding: expected int64 index, got float32"));
+    CHECK(!xt_embedding(v3i, ib, 1) && test_error_has("embedding: expected float32 weight, got int64"));
+    CHECK(!xt_embedding(x, ib, 1) && test_error_has("embedding: expected weight of shape [V,D], got [2,3,2,2]"));
     int64_t s8[8] = {1, 1, 1, 1, 1, 1, 1, 1};
     xt_tensor *i8 = xt_full(8, s8, XT_INT64, 1);
-    CHECK(!xt_embedding(w, i8, 1) && error_has("more than 8"));
+    CHECK(!xt_embedding(w, i8, 1) && test_error_has("more than 8"));
     int64_t empty_w[2] = {0, 4};
     xt_tensor *w0 = xt_zeros(2, empty_w, XT_FLOAT32);
-    CHECK(!xt_embedding(w0, ib, 1) && error_has("embedding: index 3 out of range (weight has no rows)"));
+    CHECK(!xt_embedding(w0, ib, 1) && test_error_has("embedding: index 3 out of range (weight has no rows)"));
 
     xt_tensor *ts[17] = {x, x2, v3, v4, v5, xi, v3i, rv3, rm3, x1, x13, w, ib, il, ih, i8, w0};
     for (int i = 0; i < 17; i++) xt_tensor_release(ts[i]);
@@ -855,29 +746,17 @@ static void test_errors(void)
 
 /* ---- PyTorch fixtures -------------------------------------------------------------------------- */
 
-static char fixture_dir[1024];
-
-static xt_tensor *fixture(const char *name, const char *part)
-{
-    char path[1200];
-    snprintf(path, sizeof path, "%s/%s.%s.npy", fixture_dir, name, part);
-    xt_tensor *t = xt_load_npy(path);
-    if (!t) fprintf(stderr, "fixture %s: %s\n", path, xt_last_error());
-    return t;
-}
-
+/* got matches want (same shape) within 1e-4 of want's largest magnitude (at least 1). */
 static bool close_to(const char *what, xt_tensor *got, xt_tensor *want)
 {
-    if (!got || !want || xt_numel(got) != xt_numel(want) || got->ndim != want->ndim) {
+    if (!got || !want || got->ndim != want->ndim ||
+        memcmp(got->shape, want->shape, sizeof(int64_t) * (size_t)got->ndim) != 0) {
         fprintf(stderr, "fixture %s: missing or shaped differently\n", what);
         return false;
     }
-    double d = max_diff(got, want), scale = 1;
-    for (int64_t i = 0; i < xt_numel(want); i++)
-        if (fabs(fdata(want)[i]) > scale) scale = fabs(fdata(want)[i]);
-    if (d <= 1e-4 * scale) return true;
-    fprintf(stderr, "fixture %s: differs by %g\n", what, d);
-    return false;
+    double scale = 1;
+    for (int64_t i = 0; i < xt_numel(want); i++) scale = fmax(scale, fabs(test_f32(want)[i]));
+    return test_close(what, got, want, 1e-4 * scale);
 }
 
 /* Runs one fixture case: kind 0 batch_norm train, 1 batch_norm eval, 2 layer_norm (nd in
@@ -886,20 +765,20 @@ static void check_fixture(const char *name, int kind, int32_t arg, bool affine)
 {
     xt_tensor *x = NULL, *w = NULL, *b = NULL, *rm = NULL, *rv = NULL, *index = NULL, *y = NULL;
     if (kind == 4) {
-        w = fixture(name, "weight");
-        index = fixture(name, "index");
+        w = test_fixture("norm", name, "weight");
+        index = test_fixture("norm", name, "index");
     } else {
-        x = fixture(name, "x");
+        x = test_fixture("norm", name, "x");
         if (affine) {
-            w = fixture(name, "weight");
-            b = fixture(name, "bias");
+            w = test_fixture("norm", name, "weight");
+            b = test_fixture("norm", name, "bias");
         }
         if (kind <= 1) {
-            rm = fixture(name, "running_mean");
-            rv = fixture(name, "running_var");
+            rm = test_fixture("norm", name, "running_mean");
+            rv = test_fixture("norm", name, "running_var");
         }
     }
-    xt_tensor *dout = fixture(name, "dout"), *want = fixture(name, "out");
+    xt_tensor *dout = test_fixture("norm", name, "dout"), *want = test_fixture("norm", name, "out");
     xt_tensor *grads[3] = {x, w, b};
     const char *gname[3] = {"dx", "dweight", "dbias"};
     bool loaded = dout && want && (kind == 4 ? w && index : x != NULL) && (!affine || (w && b)) &&
@@ -921,13 +800,13 @@ static void check_fixture(const char *name, int kind, int32_t arg, bool affine)
         CHECK(y && xt_backward(y, dout, 0) == XT_OK);
         for (int k = 0; k < 3; k++) {
             if (!grads[k]) continue;
-            xt_tensor *g = fixture(name, gname[k]);
+            xt_tensor *g = test_fixture("norm", name, gname[k]);
             snprintf(what, sizeof what, "%s %s", name, gname[k]);
             CHECK(close_to(what, grads[k]->grad, g));
             xt_tensor_release(g);
         }
         if (kind == 0) {
-            xt_tensor *m = fixture(name, "running_mean_after"), *v = fixture(name, "running_var_after");
+            xt_tensor *m = test_fixture("norm", name, "running_mean_after"), *v = test_fixture("norm", name, "running_var_after");
             snprintf(what, sizeof what, "%s running_mean", name);
             CHECK(close_to(what, rm, m));
             snprintf(what, sizeof what, "%s running_var", name);
@@ -942,12 +821,6 @@ static void check_fixture(const char *name, int kind, int32_t arg, bool affine)
 
 static void test_fixtures(void)
 {
-    snprintf(fixture_dir, sizeof fixture_dir, "%s", __FILE__);
-    char *slash = strrchr(fixture_dir, '/');  /* .../tests/c/test_norm.c -> .../tests */
-    if (slash) *slash = '\0';
-    slash = strrchr(fixture_dir, '/');
-    if (slash) *slash = '\0';
-    strncat(fixture_dir, "/fixtures/norm", sizeof fixture_dir - strlen(fixture_dir) - 1);
     check_fixture("bn_train_4d", 0, 0, true);
     check_fixture("bn_train_2d", 0, 0, false);
     check_fixture("bn_eval_4d", 1, 0, true);
@@ -959,7 +832,7 @@ static void test_fixtures(void)
 
 int main(void)
 {
-    printf("test_norm: seed %d\n", SEED);
+    test_seed("test_norm", SEED);
     int64_t live = xt_live_bytes();
     test_batch_norm_values();
     test_batch_norm_grads();

@@ -11,7 +11,8 @@ local function run_steps(opt_ctor, grads, p0)
     local opt = opt_ctor({p})
     for _, g in ipairs(grads) do
         opt:zero_grad()
-        (p * xt.tensor(g)):sum():backward()
+        local loss = (p * xt.tensor(g)):sum()
+        loss:backward()
         opt:step()
     end
     return p, opt
@@ -97,7 +98,8 @@ describe('optimizer state', function()
         opt2:load_state_dict(saved.opt)
         for i = 3, 4 do
             opt2:zero_grad()
-            (q * xt.tensor(grads[i])):sum():backward()
+            local loss = (q * xt.tensor(grads[i])):sum()
+            loss:backward()
             opt2:step()
         end
         assert.are.equal(ref[1], q[1])

@@ -142,6 +142,8 @@ function F.one_hot(target, classes)
     return F.embedding(target, eye)
 end
 
-F.scaled_dot_product_attention = nil   -- provided by the attention kernels (issue 4)
+for name, fn in pairs(require('xt.nn.attention').functional) do F[name] = fn end
+for name, fn in pairs(require('xt.nn.aft').functional) do F[name] = fn end
+for name, fn in pairs(require('xt.nn.delight').functional) do F[name] = fn end
 
 return F

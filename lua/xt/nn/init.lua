@@ -11,6 +11,8 @@ local nn = {
     class = require('xt.class').class,
 }
 for name, cls in pairs(layers) do nn[name] = cls end
+for name, cls in pairs(require('xt.nn.attention').modules) do nn[name] = cls end
+for name, cls in pairs(require('xt.nn.aft').modules) do nn[name] = cls end
 
 -- Modules that later issues add (attention, DeLighT) register here when loaded.
 setmetatable(nn, {__index = function(t, k)

@@ -1,0 +1,237 @@
+/*
+ * aft_simple.c: AFT-simple (research notes sections 2, 4.2, 5.2, 5.3), no position bias:
+ *
+ *   y[b,t,c] = sigmoid(q[b,t,c]) * sum_t' softmax_t'(k[b,:,c]) v[b,t',c]
+ *
+ * q, k, v, y [B,T,D]. Non-causal, the context is one D-vector per batch item; causal,
+ * the sums run over t' <= t and the context is a running (online-softmax) scan. Both are
+ * O(B T D) with one exp per element; the work is split over batch items and blocks of
+ * COLS channels (each block scans time with a contiguous inner loop over its channels).
+ *
+ * Causal scan per channel, state (m, n, s) in double: m' = max(m, k_t),
+ *   n = n e^(m - m') + e^(k_t - m') v_t,  s = s e^(m - m') + e^(k_t - m'),  A_t = n / s,
+ * and L_t = m' + log s (the prefix log-sum-exp) is saved. One of the two exps is 1, so
+ * each step takes one exp of -|k_t - m|. Backward, the reverse scan of section 5.3
+ * (every factor e^(L_t - L_{t+1}) <= 1, so nothing overflows):
+ *   R1_t = H_t + e^(L_t - L_{t+1}) R1_{t+1},  R2_t = H_t A_t + e^(L_t - L_{t+1}) R2_{t+1}
+ *   dV_t = e^(k_t - L_t) R1_t,  dK_t = e^(k_t - L_t) (V_t R1_t - R2_t),  H = G sigmoid(q).
+ * Non-causal: a = n / s, L = m + log s per (b, c);  h = sum_t H_t,
+ *   dV_t = e^(k_t - L) h,  dK_t = e^(k_t - L) h (V_t - a).
+ */
+#include "aft.h"
+
+enum { COLS = 64 }; /* channels per task */
+
+/* ---- non-causal ------------------------------------------------------------------- */
+
+/* a, L [B,D]; y [B,T,D] */
+static void simple_forward(const float *q, const float *k, const float *v, int64_t B,
+                           int64_t T, int64_t D, float *a, float *L, float *y)
+{
+    int64_t nch = (D + COLS - 1) / COLS;
+#pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t ch = 0; ch < nch; ch++) {
+            int64_t c0 = ch * COLS, nc = D - c0 < COLS ? D - c0 : COLS;
+            float m[COLS];
+            double s[COLS] = {0}, n[COLS] = {0};
+            for (int64_t c = 0; c < nc; c++) m[c] = -INFINITY;
+            for (int64_t t = 0; t < T; t++) {
+                const float *kr = k + (b * T + t) * D + c0;
+#pragma omp simd
+                for (int64_t c = 0; c < nc; c++) m[c] = kr[c] > m[c] ? kr[c] : m[c];
+            }
+            for (int64_t t = 0; t < T; t++) {
+                int64_t o = (b * T + t) * D + c0;
+#pragma omp simd
+                for (int64_t c = 0; c < nc; c++) {
+                    float e = aft_exp(k[o + c] - m[c]);
+                    s[c] += e;
+                    n[c] += (double)e * v[o + c];
+                }
+            }
+            for (int64_t c = 0; c < nc; c++) {
+                a[b * D + c0 + c] = (float)(n[c] / s[c]);
+                L[b * D + c0 + c] = (float)(m[c] + log(s[c]));
+            }
+            for (int64_t t = 0; t < T; t++) {
+                int64_t o = (b * T + t) * D + c0;
+                const float *ab = a + b * D + c0;
+#pragma omp simd
+                for (int64_t c = 0; c < nc; c++) y[o + c] = aft_sigmoid(q[o + c]) * ab[c];
+            }
+        }
+}
+
+static void simple_backward(const float *q, const float *k, const float *v, const float *a,
+                            const float *L, const float *G, int64_t B, int64_t T, int64_t D,
+                            float *dq, float *dk, float *dv)
+{
+    int64_t nch = (D + COLS - 1) / COLS;
+#pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t ch = 0; ch < nch; ch++) {
+            int64_t c0 = ch * COLS, nc = D - c0 < COLS ? D - c0 : COLS;
+            const float *ab = a + b * D + c0, *Lb = L + b * D + c0;
+            double hs[COLS] = {0};
+            float h[COLS];
+            for (int64_t t = 0; t < T; t++) {
+                int64_t o = (b * T + t) * D + c0;
+#pragma omp simd
+                for (int64_t c = 0; c < nc; c++) {
+                    float sg = aft_sigmoid(q[o + c]);
+                    hs[c] += G[o + c] * sg;
+                    if (dq) dq[o + c] = G[o + c] * ab[c] * sg * (1.0f - sg);
+                }
+            }
+            for (int64_t c = 0; c < nc; c++) h[c] = (float)hs[c];
+            if (!dk && !dv) continue;
+            for (int64_t t = 0; t < T; t++) {
+                int64_t o = (b * T + t) * D + c0;
+#pragma omp simd
+                for (int64_t c = 0; c < nc; c++) {
+                    float g = aft_exp(k[o + c] - Lb[c]) * h[c];
+                    if (dv) dv[o + c] = g;
+                    if (dk) dk[o + c] = g * (v[o + c] - ab[c]);
+                }
+            }
+        }
+}
+
+/* ---- causal ---------------------------------------------------------------------- */
+
+/* A, L, y [B,T,D] */
+static void simple_causal_forward(const float *q, const float *k, const float *v, int64_t B,
+                                  int64_t T, int64_t D, float *A, float *L, float *y)
+{
+    int64_t nch = (D + COLS - 1) / COLS;
+#pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t ch = 0; ch < nch; ch++) {
+            int64_t c0 = ch * COLS, nc = D - c0 < COLS ? D - c0 : COLS;
+            float m[COLS];
+            double s[COLS] = {0}, n[COLS] = {0};
+            for (int64_t c = 0; c < nc; c++) m[c] = -INFINITY;
+            for (int64_t t = 0; t < T; t++) {
+                int64_t o = (b * T + t) * D + c0;
+#pragma omp simd
+                for (int64_t c = 0; c < nc; c++) {
+                    float kt = k[o + c], d = kt - m[c];
+                    float x = aft_exp(-fabsf(d));       /* e^(m - m') or e^(k_t - m') */
+                    bool up = d > 0;                 /* k_t is the new max */
+                    double decay = up ? x : 1.0f, e = up ? 1.0f : x;
+                    m[c] = up ? kt : m[c];
+                    n[c] = n[c] * decay + e * v[o + c];
+                    s[c] = s[c] * decay + e;
+                    float at = (float)(n[c] / s[c]);
+                    A[o + c] = at;
+                    L[o + c] = m[c] + aft_log((float)s[c]);
+                    y[o + c] = aft_sigmoid(q[o + c]) * at;
+                }
+            }
+        }
+}
+
+static void simple_causal_backward(const float *q, const float *k, const float *v,
+                                   const float *A, const float *L, const float *G, int64_t B,
+                                   int64_t T, int64_t D, float *dq, float *dk, float *dv)
+{
+    int64_t nch = (D + COLS - 1) / COLS;
+#pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t ch = 0; ch < nch; ch++) {
+            int64_t c0 = ch * COLS, nc = D - c0 < COLS ? D - c0 : COLS;
+            double r1[COLS] = {0}, r2[COLS] = {0};
+            float Lnext[COLS] = {0};
+            for (int64_t t = T - 1; t >= 0; t--) {
+                int64_t o = (b * T + t) * D + c0;
+                bool last = t == T - 1;
+#pragma omp simd
+                for (int64_t c = 0; c < nc; c++) {
+                    float sg = aft_sigmoid(q[o + c]), at = A[o + c], Lt = L[o + c];
+                    float h = G[o + c] * sg;
+                    if (dq) dq[o + c] = G[o + c] * at * sg * (1.0f - sg);
+                    double f = last ? 0.0f : aft_exp(Lt - Lnext[c]);
+                    r1[c] = h + f * r1[c];
+                    r2[c] = (double)h * at + f * r2[c];
+                    Lnext[c] = Lt;
+                    float alpha = aft_exp(k[o + c] - Lt);
+                    if (dv) dv[o + c] = (float)(alpha * r1[c]);
+                    if (dk) dk[o + c] = (float)(alpha * (v[o + c] * r1[c] - r2[c]));
+                }
+            }
+        }
+}
+
+/* ---- op ------------------------------------------------------------------------------ */
+
+/* saved: 0 q, 1 k, 2 v (contiguous), 3 A ([B,D] non-causal, else [B,T,D]), 4 L (same).
+ * iargs: 0 causal. */
+static xt_status aft_simple_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinputs)
+{
+    xt_tensor *s[5];
+    for (int32_t i = 0; i < 5; i++)
+        if (!(s[i] = xt_node_saved(node, i))) return xt_last_status();
+    xt_tensor *q = s[0];
+    int64_t B = q->shape[0], T = q->shape[1], D = q->shape[2];
+    xt_tensor *gc = xt_contiguous(dout);
+    xt_tensor *dt[3] = {NULL, NULL, NULL};
+    bool ok = gc != NULL;
+    for (int32_t i = 0; i < 3 && ok; i++)
+        if (xt_node_needs(node, i)) ok = (dt[i] = xt_empty(3, q->shape, XT_FLOAT32)) != NULL;
+    if (!ok) {
+        xt_tensor_release(gc);
+        aft_release(3, dt);
+        return xt_last_status();
+    }
+    float *dq = dt[0] ? dt[0]->data : NULL, *dk = dt[1] ? dt[1]->data : NULL;
+    float *dv = dt[2] ? dt[2]->data : NULL;
+    if (node->iargs[0])
+        simple_causal_backward(q->data, s[1]->data, s[2]->data, s[3]->data, s[4]->data,
+                               gc->data, B, T, D, dq, dk, dv);
+    else
+        simple_backward(q->data, s[1]->data, s[2]->data, s[3]->data, s[4]->data, gc->data, B,
+                        T, D, dq, dk, dv);
+    xt_tensor_release(gc);
+    for (int32_t i = 0; i < 3; i++) dinputs[i] = dt[i];
+    return XT_OK;
+}
+
+xt_tensor *xt_aft_simple(xt_tensor *q, xt_tensor *k, xt_tensor *v, int32_t causal)
+{
+    if (aft_check_qkv("aft_simple", q, k, v)) return NULL;
+    int64_t B = q->shape[0], T = q->shape[1], D = q->shape[2];
+    int64_t ctx_shape[3] = {B, causal ? T : 1, D};
+    xt_tensor *qc = aft_dense(q), *kc = aft_dense(k), *vc = aft_dense(v);
+    xt_tensor *y = xt_empty(3, q->shape, XT_FLOAT32);
+    xt_tensor *A = xt_empty(3, ctx_shape, XT_FLOAT32), *L = xt_empty(3, ctx_shape, XT_FLOAT32);
+    xt_tensor *all[6] = {qc, kc, vc, A, L, y};
+    if (!qc || !kc || !vc || !y || !A || !L) {
+        aft_release(6, all);
+        return NULL;
+    }
+    if (causal)
+        simple_causal_forward(qc->data, kc->data, vc->data, B, T, D, A->data, L->data, y->data);
+    else
+        simple_forward(qc->data, kc->data, vc->data, B, T, D, A->data, L->data, y->data);
+
+    xt_tensor *inputs[3] = {q, k, v};
+    bool ok = true;
+    if (xt_needs_grad(3, inputs)) {
+        xt_node *node = xt_node_new("aft_simple", aft_simple_backward, 3, inputs);
+        ok = node != NULL;
+        for (int32_t i = 0; i < 5 && ok; i++) ok = xt_node_save(node, all[i]) == XT_OK;
+        if (ok) {
+            node->iargs[0] = causal != 0;
+            xt_node_attach(node, y);
+        } else {
+            xt_node_release(node);
+        }
+    }
+    if (!ok) {
+        aft_release(6, all);
+        return NULL;
+    }
+    aft_release(5, all);
+    return y;
+}
