@@ -196,7 +196,18 @@ xt_status xt_binary_(int32_t op, xt_tensor *a, xt_tensor *b);
 xt_status xt_binary_scalar_(int32_t op, xt_tensor *a, double s);
 
 /* ---- reductions -----------------------------------------------------------
- * Over the listed dims (ndims == 0: all dims). float32 sums accumulate in double. */
+ * Over the listed dims (ndims == 0: all dims; a dim listed twice is an error); keepdim
+ * keeps them as size 1. float32 sums accumulate in double, in an order fixed by the
+ * shapes, so results do not depend on the thread count.
+ * dtypes: float32 gives float32 for every op. int64 gives int64 for sum, prod, max, min,
+ * cumsum (wrapping on overflow) and float32 for logsumexp; mean and var refuse integers,
+ * as PyTorch does. uint8: sum, prod and cumsum give int64 (a count over a 0/1 mask must
+ * not wrap at 256), max/min and max_dim/min_dim values stay uint8. argmax/argmin take
+ * every dtype; softmax/log_softmax take float32 only.
+ * Over an empty dim: sum 0, prod 1, mean and var NaN, logsumexp -inf; max, min and the
+ * index reductions refuse (there is no identity). NaN propagates through max/min and is
+ * the extreme for max_dim/argmax; ties go to the first position. The gradient of max/min
+ * over dims is shared among tied elements; that of max_dim/min_dim goes to the index. */
 
 typedef enum xt_reduce_op {
     XT_SUM = 0, XT_MEAN, XT_MAX, XT_MIN, XT_PROD, XT_LOGSUMEXP,
@@ -243,6 +254,35 @@ xt_tensor *xt_scaled_dot_product_attention(xt_tensor *q, xt_tensor *k, xt_tensor
 xt_tensor *xt_scaled_dot_product_attention_dropout(xt_tensor *q, xt_tensor *k, xt_tensor *v,
                                                    int32_t causal, double scale, double p,
                                                    xt_rng *rng);
+
+/* ---- attention: efficient variants --------------------------------------------------------
+ * Kernel ("linear") attention (Katharopoulos et al. 2020). With a positive feature map phi:
+ *   out_i = phi(q_i) S / (phi(q_i) . z + eps),  S = sum_j phi(k_j) v_j^T,  z = sum_j phi(k_j)
+ * over all keys j, or over j <= i when causal (which needs S == T). q [...,T,m], k [...,S,m],
+ * v [...,S,dv] with the same leading dims (usually [B,H]) -> [...,T,dv].
+ * feature_map: XT_FEATURE_ELU1 applies phi(x) = elu(x) + 1 itself; XT_FEATURE_IDENTITY takes
+ * q and k as the features already (they must be positive, e.g. from xt_favor_features, or
+ * the normaliser can vanish). Causal attention runs in chunks of `chunk` rows (<= 0: 64): a
+ * masked chunk x chunk product inside a chunk, a running m x dv state across chunks. Time
+ * O(T m dv + T chunk (m + dv)); besides the output only its normaliser [...,T] is kept for
+ * the backward, and nothing of size T x T is formed. eps >= 0 is added to the normaliser
+ * (1e-6 is usual). q, k, v with a contiguous last dim are read without a copy. */
+typedef enum xt_feature_map { XT_FEATURE_ELU1 = 0, XT_FEATURE_IDENTITY = 1 } xt_feature_map;
+xt_tensor *xt_linear_attention(xt_tensor *q, xt_tensor *k, xt_tensor *v, int32_t causal,
+                               int64_t chunk, int32_t feature_map, double eps);
+/* FAVOR+ positive random features (Performer, Choromanski et al. 2021): x [...,T,d] and
+ * w [m,d] (one random direction per row, not trained as a rule) -> [...,T,m],
+ *   phi(x)_r = m^(-1/2) (exp(w_r . x' - |x'|^2 / 2 - s) + eps),  x' = d^(-1/4) x,
+ * so that phi(q) . phi(k) estimates exp(q . k / sqrt(d)) (times e^(-s) factors that cancel in
+ * linear attention). The shift s keeps exp in range: XT_FAVOR_SHIFT_ROW subtracts each row's
+ * max (queries), XT_FAVOR_SHIFT_UNIT one max per [T,m] slice (the keys of bidirectional
+ * attention), XT_FAVOR_SHIFT_NONE nothing (the keys of causal attention: a max over the
+ * sequence would let later keys change earlier outputs; the exponent is at most
+ * max_r |w_r|^2 / 2 there). Gradients to x and w, exact (the shift included). */
+typedef enum xt_favor_shift {
+    XT_FAVOR_SHIFT_ROW = 0, XT_FAVOR_SHIFT_UNIT = 1, XT_FAVOR_SHIFT_NONE = 2
+} xt_favor_shift;
+xt_tensor *xt_favor_features(xt_tensor *x, xt_tensor *w, int32_t shift, double eps);
 
 /* ---- neural-network kernels (forward and backward fused in C) -------------------
  * Images are [N,C,H,W]. Class targets are int64 counted from base. */
@@ -307,6 +347,27 @@ xt_tensor *xt_aft_local(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w, 
  * w[head,i,j] (a cross-correlation with zero padding), 0 beyond the kernel. */
 xt_tensor *xt_aft_conv(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w);
 
+/* ---- DeLighT: group linear -----------------------------------------------------------
+ * The group linear transformation (GLT) of DeLighT's DExTra (Mehta et al. 2021): the
+ * features are cut into g groups and each group has its own matrix.
+ *   x [..., din], w [g, din/g, dout/g], b [g, dout/g] or NULL -> y [..., dout]
+ *   A[t,k,j] = b[k,j] + sum_a x[t, k*din/g + a] * w[k,a,j]      (group k: x's k-th slice)
+ *   shuffle == 0: y[t, k*co + j] = A[t,k,j]; shuffle != 0: y[t, j*g + k] = A[t,k,j]
+ * (co = dout/g): the shuffle interleaves the groups, element j of every group side by
+ * side. One GEMM per group reads x in place (any row stride, unit column stride) and w's
+ * [din/g, dout/g] matrices as stored or transposed; the backward applies the inverse
+ * permutation. */
+xt_tensor *xt_group_linear(xt_tensor *x, xt_tensor *w, xt_tensor *b, int32_t shuffle);
+/* A whole DExTra layer in one op: the GLT above, where group k reads [prefix_k | x_k]
+ * (prefix [..., dp] with x's leading dims, cut into g slices like x: DExTra's input mixer,
+ * without building the concatenation; w [g, (dp + dx)/g, co]; prefix NULL: x alone), then
+ * normalize != 0: LayerNorm of each chunk y[t, c*co .. (c+1)*co) on its own (its own mean
+ * and biased variance, eps) with the affine ln_weight, ln_bias [co] (each may be NULL)
+ * shared by the g chunks, then swish != 0: z * sigmoid(z). */
+xt_tensor *xt_group_linear_ex(xt_tensor *x, xt_tensor *prefix, xt_tensor *w, xt_tensor *b,
+                              int32_t shuffle, int32_t normalize, xt_tensor *ln_weight,
+                              xt_tensor *ln_bias, double eps, int32_t swish);
+
 /* ---- optimizer updates: one fused pass over a parameter, in place, no autograd ------
  * grad is the parameter's gradient; state tensors are float32 shaped like param.
  * step counts from 1. */
@@ -357,6 +418,9 @@ int32_t xt_lua_nodes_freed(int64_t *ids, int32_t capacity);
 
 xt_tensor *xt_image_decode(const uint8_t *bytes, int64_t nbytes, int32_t channels,
                            const char *name);
+/* The header's size without decoding: shape[3] = {H, W, C as in the file}. Fails as
+ * decode would on unknown formats, corrupt or truncated headers and oversized images. */
+xt_status xt_image_info(const uint8_t *bytes, int64_t nbytes, const char *name, int64_t *shape);
 xt_tensor *xt_image_load(const char *path, int32_t channels);
 /* t uint8 [H,W] or [H,W,C], C 1..4; any strides. */
 xt_status xt_image_save_png(const char *path, xt_tensor *t);
@@ -425,7 +489,7 @@ typedef struct xt_transform {
 xt_status xt_transforms_check(int32_t n_transforms, const xt_transform *transforms);
 /* Apply a pipeline to one image [H,W,C] uint8 with the random choices of sample `index`
  * in `epoch` of a loader seeded with `seed` -> float32 [C,H,W], or uint8 [H,W,C] when
- * the pipeline has no TO_TENSOR or NORMALIZE step. */
+ * the pipeline has no TO_TENSOR step. */
 xt_tensor *xt_transform_apply(xt_tensor *image, int32_t n_transforms,
                               const xt_transform *transforms, uint64_t seed, int64_t epoch,
                               int64_t index);
@@ -447,6 +511,10 @@ typedef struct xt_loader_options {
 xt_loader *xt_loader_new_memory(xt_tensor *images, xt_tensor *labels,
                                 const xt_loader_options *options, int32_t n_transforms,
                                 const xt_transform *transforms);
+/* n image files (paths copied), decoded by the workers with xt_image_load. */
+xt_loader *xt_loader_new_files(int64_t n, const char *const *paths, xt_tensor *labels,
+                               const xt_loader_options *options, int32_t n_transforms,
+                               const xt_transform *transforms);
 /* Stops the workers (mid-epoch too), joins them and frees everything. NULL: no-op. */
 void xt_loader_free(xt_loader *loader);
 int64_t xt_loader_num_batches(const xt_loader *loader);
