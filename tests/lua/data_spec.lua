@@ -352,6 +352,36 @@ describe('image_folder', function()
     end)
 end)
 
+-- ---- exporting as an image folder ----------------------------------------------------------------
+
+describe('export_image_folder', function()
+    local dir
+    before_each(function() dir = temp_dir() end)
+    after_each(function() rm_tree(dir) end)
+
+    it('writes a tree that image_folder reads back with the same labels and pixels', function()
+        local ds = data.subset(data.fashion_mnist{split = 'test'}, 1, 30)
+        assert.are.equal(30, data.export_image_folder(ds, dir .. '/png/val'))
+        local back = data.image_folder{root = dir .. '/png', split = 'val', channels = 1}
+        assert.are.equal(10, #back.classes)
+        assert.are.equal('0_T-shirt_top', back.classes[1])
+        assert.are.equal('9_Ankle_boot', back.classes[10])
+        assert.are.equal(30, #back)
+        -- files are grouped by class; each one holds the sample its name gives
+        local src = back:source()
+        for k = 1, #back do
+            local i = tonumber(src.paths[k]:match('(%d+)%.png$'))
+            assert.are.equal(ds[i].label, src.labels[k])
+            assert.are.equal(0, max_abs_diff(back[k].image, ds[i].image))
+        end
+        data.export_image_folder(ds, dir .. '/jpg', {format = 'jpg', quality = 90})
+        local jpg = data.image_folder{root = dir .. '/jpg', channels = 1}
+        assert.are.same(src.labels:totable(), jpg:source().labels:totable())
+        local err = error_of(data.export_image_folder, ds, dir .. '/x', {format = 'gif'})
+        assert.truthy(err:find("format must be 'png' or 'jpg', got gif", 1, true))
+    end)
+end)
+
 -- ---- datasets in general -------------------------------------------------------------------------
 
 describe('datasets', function()
