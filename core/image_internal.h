@@ -7,12 +7,15 @@
 #define XT_IMAGE_INTERNAL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Decoded pixels, rows top to bottom, comp (or req_comp) bytes per pixel; free with
- * xt_stbi_image_free. NULL on failure, with the reason in xt_stbi_failure_reason(). */
+ * xt_stbi_image_free. NULL on failure, with the reason in xt_stbi_failure_reason();
+ * *over_budget is set when the failure was an allocation above max_alloc bytes (0: none). */
 unsigned char *xt_stbi_load_from_memory(const unsigned char *bytes, int len, int *w, int *h,
-                                        int *comp, int req_comp);
+                                        int *comp, int req_comp, size_t max_alloc,
+                                        bool *over_budget);
 enum { XT_STB_PNG = 1, XT_STB_JPEG, XT_STB_GIF, XT_STB_BMP, XT_STB_PNM };
 typedef struct xt_stbi_header {
     int w, h, comp;
