@@ -244,6 +244,35 @@ xt_tensor *xt_scaled_dot_product_attention_dropout(xt_tensor *q, xt_tensor *k, x
                                                    int32_t causal, double scale, double p,
                                                    xt_rng *rng);
 
+/* ---- attention: efficient variants --------------------------------------------------------
+ * Kernel ("linear") attention (Katharopoulos et al. 2020). With a positive feature map phi:
+ *   out_i = phi(q_i) S / (phi(q_i) . z + eps),  S = sum_j phi(k_j) v_j^T,  z = sum_j phi(k_j)
+ * over all keys j, or over j <= i when causal (which needs S == T). q [...,T,m], k [...,S,m],
+ * v [...,S,dv] with the same leading dims (usually [B,H]) -> [...,T,dv].
+ * feature_map: XT_FEATURE_ELU1 applies phi(x) = elu(x) + 1 itself; XT_FEATURE_IDENTITY takes
+ * q and k as the features already (they must be positive, e.g. from xt_favor_features, or
+ * the normaliser can vanish). Causal attention runs in chunks of `chunk` rows (<= 0: 64): a
+ * masked chunk x chunk product inside a chunk, a running m x dv state across chunks. Time
+ * O(T m dv + T chunk (m + dv)); besides the output only its normaliser [...,T] is kept for
+ * the backward, and nothing of size T x T is formed. eps >= 0 is added to the normaliser
+ * (1e-6 is usual). q, k, v with a contiguous last dim are read without a copy. */
+typedef enum xt_feature_map { XT_FEATURE_ELU1 = 0, XT_FEATURE_IDENTITY = 1 } xt_feature_map;
+xt_tensor *xt_linear_attention(xt_tensor *q, xt_tensor *k, xt_tensor *v, int32_t causal,
+                               int64_t chunk, int32_t feature_map, double eps);
+/* FAVOR+ positive random features (Performer, Choromanski et al. 2021): x [...,T,d] and
+ * w [m,d] (one random direction per row, not trained as a rule) -> [...,T,m],
+ *   phi(x)_r = m^(-1/2) (exp(w_r . x' - |x'|^2 / 2 - s) + eps),  x' = d^(-1/4) x,
+ * so that phi(q) . phi(k) estimates exp(q . k / sqrt(d)) (times e^(-s) factors that cancel in
+ * linear attention). The shift s keeps exp in range: XT_FAVOR_SHIFT_ROW subtracts each row's
+ * max (queries), XT_FAVOR_SHIFT_UNIT one max per [T,m] slice (the keys of bidirectional
+ * attention), XT_FAVOR_SHIFT_NONE nothing (the keys of causal attention: a max over the
+ * sequence would let later keys change earlier outputs; the exponent is at most
+ * max_r |w_r|^2 / 2 there). Gradients to x and w, exact (the shift included). */
+typedef enum xt_favor_shift {
+    XT_FAVOR_SHIFT_ROW = 0, XT_FAVOR_SHIFT_UNIT = 1, XT_FAVOR_SHIFT_NONE = 2
+} xt_favor_shift;
+xt_tensor *xt_favor_features(xt_tensor *x, xt_tensor *w, int32_t shift, double eps);
+
 /* ---- neural-network kernels (forward and backward fused in C) -------------------
  * Images are [N,C,H,W]. Class targets are int64 counted from base. */
 

@@ -78,7 +78,7 @@ local function gather(ds)
 end
 
 local function source_of(ds)
-    if type(ds) ~= 'table' and type(ds) ~= 'userdata' then   -- xt.data's datasets are userdata
+    if type(ds) ~= 'table' and type(ds) ~= 'userdata' then
         raise('DataLoader: expected a dataset, got ' .. type(ds))
     end
     local src = type(ds.source) == 'function' and ds:source() or gather(ds)
