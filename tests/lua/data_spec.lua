@@ -396,6 +396,13 @@ describe('datasets', function()
         assert.are.equal(0, max_abs_diff(ds[6].image, sub[4].image))
         local picked = data.subset(ds, {10, 2})
         assert.are.same({ds[10].label, ds[2].label}, picked:source().labels:totable())
+        local a = data.subset(ds, 1, 50, {shuffle_seed = 3})
+        local b = data.subset(ds, 1, 50, {shuffle_seed = 3})
+        local c = data.subset(ds, 1, 50, {shuffle_seed = 4})
+        assert.are.same(a:source().labels:totable(), b:source().labels:totable())
+        assert.are_not.same(a:source().images:long():sum(2):totable(),
+                            c:source().images:long():sum(2):totable())
+        assert.are.equal(0, max_abs_diff(a:source().images, b:source().images))
         err = error_of(data.subset, ds, 9999, 5)
         assert.truthy(err:find('samples 9999..10003 are not within 1..10000', 1, true))
         -- samples are copies: changing one leaves the dataset alone
