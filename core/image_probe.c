@@ -7,7 +7,8 @@
  *    (PNM), never an error;
  *  - PNM header numbers: stb accumulates digits in an int without an overflow check;
  *  - 16-bit PNM: stb swaps the bytes and overruns its buffer converting channels;
- *  - JPEG Huffman tables that overflow stb's arrays (jpeg_check.c).
+ *  - JPEG Huffman tables that overflow stb's arrays, or that scans use undefined
+ *    (jpeg_check.c).
  * Thread-safe: no state beyond the thread-local error slots.
  */
 #include "internal.h"
@@ -143,9 +144,8 @@ xt_status xt_image_info(const uint8_t *bytes, int64_t nbytes, const char *name, 
     if (format == XT_STB_PNM) {
         if (probe_pnm(bytes, nbytes, name, shape)) return xt_last_status();
     } else {
-        if (format == XT_STB_JPEG && !xt_jpeg_huffman_tables_ok(bytes, nbytes))
-            return xt_fail(XT_ERR_IO, "image.decode: %s: corrupt JPEG (a Huffman table with more "
-                           "than 256 symbols)", name);
+        const char *problem = format == XT_STB_JPEG ? xt_jpeg_check(bytes, nbytes) : NULL;
+        if (problem) return xt_fail(XT_ERR_IO, "image.decode: %s: corrupt JPEG (%s)", name, problem);
         xt_stbi_header hd;
         if (!xt_stbi_probe(bytes, (int)nbytes, format, &hd))
             return xt_fail(XT_ERR_IO, "image.decode: %s: corrupt or truncated %s header (%s)", name,

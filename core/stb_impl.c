@@ -20,13 +20,15 @@
 static _Thread_local size_t alloc_limit;     /* 0: no limit */
 static _Thread_local bool alloc_refused;
 
+/* Zeroed, so that a corrupt file that leaves some of stb's state unset (a table never
+ * defined) decodes the same way every time instead of reading leftover memory. */
 static void *limited_malloc(size_t n)
 {
     if (alloc_limit && n > alloc_limit) {
         alloc_refused = true;
         return NULL;
     }
-    return malloc(n);
+    return calloc(1, n);
 }
 
 static void *limited_realloc(void *p, size_t n)
