@@ -267,11 +267,13 @@ static void row_backward(const float *a, const float *dy, const float *st, const
 }
 
 /* ---- the drivers ---------------------------------------------------------------------------
- * Work is split into tiles of TILE_ROWS rows inside one parallel region, with BLAS called
+ * Work is split into tiles of rows inside one parallel region, with BLAS called
  * single-threaded from each thread (OpenBLAS's OpenMP build does so inside a parallel
  * region): one fork and join per op instead of a threaded BLAS call per group, and a tile's
- * GEMM output is still in cache when the row pass reads it. */
-enum { TILE_ROWS = 128, COL_MIN = 16 };
+ * GEMM output is still in a near cache when the row pass reads it. Tiles are at most
+ * TILE_ROWS rows: every GEMM call packs its weight block again, which costs about 1/rows of
+ * the call's work. */
+enum { TILE_ROWS = 512, COL_MIN = 16 };
 
 typedef struct glt_plan {
     glt_dims d;
@@ -283,7 +285,16 @@ typedef struct glt_plan {
 static bool run_parallel(const glt_plan *pl)
 {
     int64_t ci = pl->cx + pl->cp;
-    return pl->d.n > TILE_ROWS && pl->d.n * ci * pl->d.O > 16 * XT_PARALLEL_GRAIN;
+    return pl->d.n >= 32 && pl->d.n * ci * pl->d.O > 16 * XT_PARALLEL_GRAIN;
+}
+
+/* Rows per tile: at most TILE_ROWS, and at least one tile per thread when parallel. */
+static int64_t tile_rows(const glt_plan *pl, bool parallel)
+{
+    int64_t nt = parallel ? omp_get_max_threads() : 1;
+    int64_t rows = (pl->d.n + nt - 1) / nt;
+    rows = (rows + 15) / 16 * 16;
+    return rows < TILE_ROWS ? (rows > 0 ? rows : 1) : TILE_ROWS;
 }
 
 /* target [n, O] (A, or y when direct) = bias + the group GEMMs; then y, stats from A */
@@ -291,10 +302,11 @@ static void forward_compute(const glt_plan *pl, const float *bias, float *target
                             float *stats, const float *affine, bool direct)
 {
     const glt_dims *d = &pl->d;
-    int64_t tiles = (d->n + TILE_ROWS - 1) / TILE_ROWS;
-#pragma omp parallel for schedule(static) if (run_parallel(pl))
+    bool par = run_parallel(pl);
+    int64_t rows = tile_rows(pl, par), tiles = (d->n + rows - 1) / rows;
+#pragma omp parallel for schedule(static) if (par)
     for (int64_t tile = 0; tile < tiles; tile++) {
-        int64_t r0 = tile * TILE_ROWS, nr = d->n - r0 < TILE_ROWS ? d->n - r0 : TILE_ROWS;
+        int64_t r0 = tile * rows, nr = d->n - r0 < rows ? d->n - r0 : rows;
         float *tt = target + r0 * d->O;
         if (bias)
             for (int64_t r = 0; r < nr; r++) memcpy(tt + r * d->O, bias, sizeof(float) * (size_t)d->O);
@@ -341,7 +353,7 @@ static xt_status backward_compute(const glt_plan *pl, const float *A, const floa
     }
     const float *dA = A ? dA_buf : dy;
     fmat mdA = {(float *)dA, d->n, O, O, 1};
-    int64_t tiles = (d->n + TILE_ROWS - 1) / TILE_ROWS;
+    int64_t rows = tile_rows(pl, par), tiles = (d->n + rows - 1) / rows;
     int64_t cb = (co + nt - 1) / nt;
     if (cb < COL_MIN) cb = COL_MIN;
     int64_t col_blocks = (co + cb - 1) / cb;
@@ -352,7 +364,7 @@ static xt_status backward_compute(const glt_plan *pl, const float *A, const floa
         double *pg = part ? part + (int64_t)tid * 2 * co : NULL, *pb = pg ? pg + co : NULL;
 #pragma omp for schedule(static)
         for (int64_t tile = 0; tile < tiles; tile++) {
-            int64_t r0 = tile * TILE_ROWS, nr = d->n - r0 < TILE_ROWS ? d->n - r0 : TILE_ROWS;
+            int64_t r0 = tile * rows, nr = d->n - r0 < rows ? d->n - r0 : rows;
             if (A)
                 for (int64_t r = r0; r < r0 + nr; r++)
                     row_backward(A + r * O, dy + r * O, stats ? stats + r * d->g * 2 : NULL,
