@@ -105,6 +105,10 @@ covered.reshape = true
 -- and attention_spec (the matmul/softmax composition, gradcheck)
 covered.scaled_dot_product_attention = true
 covered.scaled_dot_product_attention_dropout = true
+-- kernel attention: test_attn_linear.c (dense composition, gradchecks, PyTorch fixtures) and
+-- efficient_attention_spec (composition, gradcheck)
+covered.linear_attention = true
+covered.favor_features = true
 
 local function load_inputs(name)
     local inputs, i = {}, 1
