@@ -2,7 +2,9 @@
 -- (random_crop 32 padding 4, random_horizontal_flip, to_tensor, normalize), batch 128:
 --   1. in-memory CIFAR-shaped uint8 images [N,32,32,3], workers 0, 1, 2;
 --   2. the same images as a 32x32 PNG ImageFolder decoded by the workers (written to a
---      temporary directory first), workers 0, 1, 2.
+--      temporary directory first), workers 0, 1, 2;
+--   3. the loader's share of an AFT-conv training step (the default model of
+--      experiments/aft_conv_cifar.lua), workers 0 and 2 (STEPS=n steps, default 6).
 -- The consumer does nothing but take batches, so this is the loader's own rate.
 --   build/xlua bench/loader.lua [n_images (default 10000)] [png_images (default 5000)]
 local xt = require 'xt'
@@ -54,6 +56,7 @@ print(string.format('DataLoader throughput, batch %d, crop+flip+normalize, %d Op
 local memory = {source = function() return {kind = 'memory', images = images, labels = labels} end}
 report(string.format('in-memory CIFAR-shaped (%d)', n), memory, 3)
 
+
 -- 32x32 PNG files, as an ImageFolder would list them
 local dir = os.tmpname()
 os.remove(dir)
@@ -61,10 +64,50 @@ assert(os.execute('mkdir -p ' .. dir) == 0, 'cannot make ' .. dir)
 local paths = {}
 for i = 1, n_png do
     paths[i] = string.format('%s/%05d.png', dir, i)
-    xt.image.save(paths[i], images[i])
+    xt._check(xt.C.xt_image_save_png(paths[i], images[i]._c))
 end
 local files = {source = function()
     return {kind = 'files', paths = paths, labels = labels:narrow(1, 1, n_png), channels = 3}
 end}
 report(string.format('32x32 PNG files (%d)', n_png), files, 1)
 os.execute('rm -rf ' .. dir)
+
+-- The loader's share of a training step: the default AFT-conv model of
+-- experiments/aft_conv_cifar.lua trained on one fixed batch, then on the loader's batches
+-- (the workers run alongside the step's OpenMP threads on the same cores).
+local function step_cost(steps)
+    if not xt.nn.AFTConv then
+        print('AFT-conv step: skipped, nn.AFTConv is not in this build yet')
+        return
+    end
+    local F = xt.nn.functional
+    local AFTConvNet = require 'xt.models.aft_conv_net'
+    local model = AFTConvNet{in_channels = 3, classes = 10, dim = 64, depth = {2, 2}, heads = 8,
+                             kernel = 7, mlp_ratio = 2}
+    local opt = xt.optim.AdamW(model:parameters(), {lr = 1e-3})
+    local function step(batch)
+        local loss = F.cross_entropy(model(batch.input), batch.target)
+        opt:zero_grad()
+        loss:backward()
+        opt:step()
+    end
+    local function per_step(next_batch)
+        step(next_batch())   -- warm-up
+        local start = now()
+        for _ = 1, steps do step(next_batch()) end
+        return (now() - start) / steps
+    end
+    for _, workers in ipairs({0, 2}) do
+        local loader = data.DataLoader(memory, {batch_size = BATCH, shuffle = true, seed = 0,
+                                                workers = workers, transform = transform})
+        local fixed = loader:iter()()
+        local alone = per_step(function() return fixed end)
+        local it = loader:iter()
+        local fed = per_step(it)
+        print(string.format('AFT-conv step (dim 64, depth 2,2) workers %d: %.1f ms on a fixed batch, ' ..
+                            '%.1f ms fed by the loader: loader share %.1f%%', workers, alone * 1e3,
+                            fed * 1e3, (fed - alone) / fed * 100))
+        loader:close()
+    end
+end
+step_cost(tonumber(os.getenv('STEPS') or '') or 6)

@@ -71,7 +71,6 @@ xt_tensor *xt_read_idx(const char *path)
     if (!path) return xt_fail_null(XT_ERR_ARG, "read_idx: path is NULL");
     gzFile f = gzopen(path, "rb");   /* reads gzip and plain files alike */
     if (!f) return xt_fail_null(XT_ERR_IO, "read_idx: cannot open %s: %s", path, strerror(errno));
-    gzbuffer(f, 1 << 17);
     xt_tensor *t = NULL;
     uint8_t *data = NULL;
 
@@ -95,17 +94,20 @@ xt_tensor *xt_read_idx(const char *path)
     }
     uint8_t raw[4 * XT_MAX_DIMS];
     if (!read_header(f, raw, 4 * ndim, 4, path)) goto done;
-    int64_t shape[XT_MAX_DIMS], n = 1;
+    /* n: the element count; nonzero: the product of the nonzero sizes, which bounds the
+     * strides of even an empty tensor */
+    int64_t shape[XT_MAX_DIMS], n = 1, nonzero = 1;
     for (int32_t i = 0; i < ndim; i++) {
         const uint8_t *b = raw + 4 * i;
         shape[i] = (int64_t)b[0] << 24 | (int64_t)b[1] << 16 | (int64_t)b[2] << 8 | b[3];
-        if (shape[i] != 0 && n > XT_IDX_MAX_ELEMENTS / shape[i]) {
+        if (shape[i] != 0 && nonzero > XT_IDX_MAX_ELEMENTS / shape[i]) {
             char buf[XT_SHAPE_STR];
             xt_fail(XT_ERR_IO, "read_idx: %s: implausible sizes %s in the header (corrupt file?)",
                     path, xt_shape_str(buf, i + 1, shape));
             goto done;
         }
         n *= shape[i];
+        if (shape[i] != 0) nonzero *= shape[i];
     }
 
     /* Read into a buffer that grows with the data actually present, so a header that
@@ -190,7 +192,7 @@ xt_tensor *xt_read_cifar(const char *path, int32_t label_bytes, xt_tensor **labe
     images = xt_empty(4, image_shape, XT_UINT8);   /* [N,32,32,3] */
     lab = xt_empty(2, label_shape, XT_UINT8);      /* [N,label_bytes] */
     enum { RECORDS_PER_CHUNK = 1024 };
-    chunk = malloc((size_t)(record * RECORDS_PER_CHUNK));
+    chunk = malloc((size_t)(record * (n < RECORDS_PER_CHUNK ? n : RECORDS_PER_CHUNK)));
     if (!images || !lab || !chunk) {
         xt_fail(XT_ERR_OOM, "read_cifar: %s: out of memory for %lld images", path, (long long)n);
         goto fail;

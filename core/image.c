@@ -1,21 +1,16 @@
 /*
  * image.c: decoding PNG, JPEG, BMP, GIF (first frame) and PNM into uint8 [H,W,C] tensors
- * with stb_image (stb_impl.c). Thread-safe: the DataLoader's worker threads call
+ * with stb_image (stb_impl.c), after image_probe.c has checked the header. Thread-safe: the DataLoader's worker threads call
  * xt_image_decode and xt_image_load; nothing here touches shared state beyond the
  * allocator and the thread-local error slot.
  */
 #include "internal.h"
-#include "stb_impl.h"
+#include "image_internal.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Larger decoded images are refused before stb allocates them: a corrupt header can
- * claim any size, and no dataset image comes near this. */
-static const int64_t XT_IMAGE_MAX_BYTES = (int64_t)1 << 30;
 
 static const char *shown_name(const char *name) { return name && *name ? name : "<memory>"; }
 
@@ -26,30 +21,23 @@ xt_tensor *xt_image_decode(const uint8_t *bytes, int64_t nbytes, int32_t channel
     if (channels < 0 || channels > 4)
         return xt_fail_null(XT_ERR_ARG, "image.decode: %s: channels must be 0 (as in the file), "
                             "1, 2, 3 or 4, got %d", name, channels);
-    if (!bytes || nbytes <= 0)
-        return xt_fail_null(XT_ERR_IO, "image.decode: %s: empty data (0 bytes)", name);
-    if (nbytes > INT_MAX)
-        return xt_fail_null(XT_ERR_IO, "image.decode: %s: %lld bytes is more than the decoder "
-                            "takes (2 GiB)", name, (long long)nbytes);
+    int64_t shape[3];   /* [H,W,C] as the header declares */
+    if (xt_image_info(bytes, nbytes, name, shape)) return NULL;
 
     int w, h, comp;
-    if (!xt_stbi_info_from_memory(bytes, (int)nbytes, &w, &h, &comp))
-        return xt_fail_null(XT_ERR_IO, "image.decode: %s: not a PNG, JPEG, BMP, GIF or PNM "
-                            "image, or a corrupt one (%s)", name, xt_stbi_failure_reason());
-    int32_t c = channels ? channels : comp;
-    if ((int64_t)w * h * c > XT_IMAGE_MAX_BYTES)
-        return xt_fail_null(XT_ERR_IO, "image.decode: %s: a %dx%d image with %d channels is "
-                            "larger than the 1 GiB limit (corrupt header?)", name, w, h, c);
-
-    int dw, dh, dcomp;
-    uint8_t *pixels = xt_stbi_load_from_memory(bytes, (int)nbytes, &dw, &dh, &dcomp, channels);
+    uint8_t *pixels = xt_stbi_load_from_memory(bytes, (int)nbytes, &w, &h, &comp, channels);
     if (!pixels)
-        return xt_fail_null(XT_ERR_IO, "image.decode: %s: corrupt or truncated image (%s)", name,
-                            xt_stbi_failure_reason());
-    c = channels ? channels : dcomp;
-    int64_t shape[3] = {dh, dw, c};
+        return xt_fail_null(XT_ERR_IO, "image.decode: %s: corrupt or truncated %s (%s)", name,
+                            xt_image_format_name(bytes, nbytes), xt_stbi_failure_reason());
+    if (w != shape[1] || h != shape[0]) {
+        xt_stbi_image_free(pixels);
+        return xt_fail_null(XT_ERR_IO, "image.decode: %s: corrupt %s: the header says %lldx%lld, "
+                            "the decoder read %dx%d", name, xt_image_format_name(bytes, nbytes),
+                            (long long)shape[1], (long long)shape[0], w, h);
+    }
+    shape[2] = channels ? channels : comp;
     xt_tensor *t = xt_empty(3, shape, XT_UINT8);
-    if (t) memcpy(t->data, pixels, (size_t)dh * (size_t)dw * (size_t)c);
+    if (t) memcpy(t->data, pixels, (size_t)(shape[0] * shape[1] * shape[2]));
     xt_stbi_image_free(pixels);
     return t;
 }

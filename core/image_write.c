@@ -4,7 +4,7 @@
  * target, then renamed over it, so a reader never sees half an image.
  */
 #include "internal.h"
-#include "stb_impl.h"
+#include "image_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

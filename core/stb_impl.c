@@ -27,7 +27,10 @@
 #define STB_IMAGE_WRITE_STATIC
 #include <stb_image_write.h>
 
-#include "stb_impl.h"
+#include <stdlib.h>
+#include <string.h>
+
+#include "image_internal.h"
 
 /* The static stb functions, re-exported under our names for image.c. */
 unsigned char *xt_stbi_load_from_memory(const unsigned char *bytes, int len, int *w, int *h,
@@ -36,9 +39,30 @@ unsigned char *xt_stbi_load_from_memory(const unsigned char *bytes, int len, int
     return stbi_load_from_memory(bytes, len, w, h, comp, req_comp);
 }
 
-int xt_stbi_info_from_memory(const unsigned char *bytes, int len, int *w, int *h, int *comp)
+/* The header of one known format (stb's own stbi_info tries every format in turn, so
+ * its failure reason would come from whichever it tried last). */
+int xt_stbi_probe(const unsigned char *bytes, int len, int format, xt_stbi_header *out)
 {
-    return stbi_info_from_memory(bytes, len, w, h, comp);
+    stbi__context s;
+    stbi__start_mem(&s, bytes, len);
+    memset(out, 0, sizeof *out);
+    switch (format) {
+    case XT_STB_PNG: return stbi__png_info(&s, &out->w, &out->h, &out->comp);
+    case XT_STB_JPEG: return stbi__jpeg_info(&s, &out->w, &out->h, &out->comp);
+    case XT_STB_GIF: return stbi__gif_info(&s, &out->w, &out->h, &out->comp);
+    case XT_STB_BMP: {
+        stbi__bmp_data info;
+        info.all_a = 255;
+        if (!stbi__bmp_parse_header(&s, &info)) return 0;
+        out->w = (int)s.img_x;
+        out->h = abs((int)s.img_y);   /* negative: rows stored top-down */
+        out->comp = (info.bpp == 24 && info.ma == 0xff000000) ? 3 : (info.ma ? 4 : 3);
+        out->bmp_bpp = info.bpp;
+        out->bmp_offset = info.offset;
+        return 1;
+    }
+    default: return stbi__err("unknown format", "unknown format");
+    }
 }
 
 const char *xt_stbi_failure_reason(void) { return stbi_failure_reason(); }

@@ -19,14 +19,27 @@ void source_free(data_source *src)
     memset(src, 0, sizeof *src);
 }
 
-/* Sample `index` as a uint8 HWC image: a view into the in-memory source. */
+/* Sample `index` as a uint8 HWC image. A decoded file comes back in *owned (release it
+ * when done); a memory sample is a view into the source. */
 static xt_status source_image(const data_source *src, int64_t index, image_u8 *img,
                               xt_tensor **owned)
 {
     *owned = NULL;
-    const xt_tensor *t = src->images;
-    int64_t h = t->shape[1], w = t->shape[2], c = t->ndim == 4 ? t->shape[3] : 1;
-    *img = (image_u8){(const uint8_t *)t->data + index * h * w * c, h, w, c};
+    if (src->kind == SOURCE_MEMORY) {
+        const xt_tensor *t = src->images;
+        int64_t h = t->shape[1], w = t->shape[2], c = t->ndim == 4 ? t->shape[3] : 1;
+        *img = (image_u8){(const uint8_t *)t->data + index * h * w * c, h, w, c};
+        return XT_OK;
+    }
+    xt_tensor *t = xt_image_load(src->paths[index], src->channels);
+    if (!t) return xt_last_status();
+    if (t->dtype != XT_UINT8 || t->ndim != 3 || !xt_is_contiguous(t)) {
+        xt_tensor_release(t);
+        return xt_fail(XT_ERR_IO, "image_load returned a %s tensor of %d dims, expected a "
+                       "contiguous uint8 [H,W,C]", xt_dtype_name(t->dtype), t->ndim);
+    }
+    *img = (image_u8){t->data, t->shape[0], t->shape[1], t->shape[2]};
+    *owned = t;
     return XT_OK;
 }
 

@@ -242,6 +242,28 @@ xt_loader *xt_loader_new_memory(xt_tensor *images, xt_tensor *labels,
     return loader_new(&src, labels, options, n_transforms, transforms);
 }
 
+xt_loader *xt_loader_new_files(int64_t n, const char *const *paths, xt_tensor *labels,
+                               const xt_loader_options *options, int32_t n_transforms,
+                               const xt_transform *transforms)
+{
+    if (n < 0 || (n > 0 && !paths))
+        return xt_fail_null(XT_ERR_ARG, "DataLoader: bad list of %lld paths", (long long)n);
+    data_source src = {SOURCE_FILES};
+    src.n = n;
+    src.channels = options ? options->channels : 0;
+    src.paths = calloc((size_t)(n ? n : 1), sizeof *src.paths);
+    if (!src.paths) return xt_fail_null(XT_ERR_OOM, "DataLoader: out of memory for %lld paths", (long long)n);
+    for (int64_t i = 0; i < n; i++) {
+        if (!paths[i] || !(src.paths[i] = strdup(paths[i]))) {
+            xt_fail(paths[i] ? XT_ERR_OOM : XT_ERR_ARG, "DataLoader: path %lld is %s",
+                    (long long)xt_shown(i), paths[i] ? "too large for memory" : "NULL");
+            source_free(&src);
+            return NULL;
+        }
+    }
+    return loader_new(&src, labels, options, n_transforms, transforms);
+}
+
 void xt_loader_free(xt_loader *l)
 {
     if (!l) return;

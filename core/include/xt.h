@@ -336,6 +336,27 @@ xt_tensor *xt_aft_local(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w, 
  * w[head,i,j] (a cross-correlation with zero padding), 0 beyond the kernel. */
 xt_tensor *xt_aft_conv(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w);
 
+/* ---- DeLighT: group linear -----------------------------------------------------------
+ * The group linear transformation (GLT) of DeLighT's DExTra (Mehta et al. 2021): the
+ * features are cut into g groups and each group has its own matrix.
+ *   x [..., din], w [g, din/g, dout/g], b [g, dout/g] or NULL -> y [..., dout]
+ *   A[t,k,j] = b[k,j] + sum_a x[t, k*din/g + a] * w[k,a,j]      (group k: x's k-th slice)
+ *   shuffle == 0: y[t, k*co + j] = A[t,k,j]; shuffle != 0: y[t, j*g + k] = A[t,k,j]
+ * (co = dout/g): the shuffle interleaves the groups, element j of every group side by
+ * side. One GEMM per group reads x in place (any row stride, unit column stride) and w's
+ * [din/g, dout/g] matrices as stored or transposed; the backward applies the inverse
+ * permutation. */
+xt_tensor *xt_group_linear(xt_tensor *x, xt_tensor *w, xt_tensor *b, int32_t shuffle);
+/* A whole DExTra layer in one op: the GLT above, where group k reads [prefix_k | x_k]
+ * (prefix [..., dp] with x's leading dims, cut into g slices like x: DExTra's input mixer,
+ * without building the concatenation; w [g, (dp + dx)/g, co]; prefix NULL: x alone), then
+ * normalize != 0: LayerNorm of each chunk y[t, c*co .. (c+1)*co) on its own (its own mean
+ * and biased variance, eps) with the affine ln_weight, ln_bias [co] (each may be NULL)
+ * shared by the g chunks, then swish != 0: z * sigmoid(z). */
+xt_tensor *xt_group_linear_ex(xt_tensor *x, xt_tensor *prefix, xt_tensor *w, xt_tensor *b,
+                              int32_t shuffle, int32_t normalize, xt_tensor *ln_weight,
+                              xt_tensor *ln_bias, double eps, int32_t swish);
+
 /* ---- optimizer updates: one fused pass over a parameter, in place, no autograd ------
  * grad is the parameter's gradient; state tensors are float32 shaped like param.
  * step counts from 1. */
@@ -386,6 +407,9 @@ int32_t xt_lua_nodes_freed(int64_t *ids, int32_t capacity);
 
 xt_tensor *xt_image_decode(const uint8_t *bytes, int64_t nbytes, int32_t channels,
                            const char *name);
+/* The header's size without decoding: shape[3] = {H, W, C as in the file}. Fails as
+ * decode would on unknown formats, corrupt or truncated headers and oversized images. */
+xt_status xt_image_info(const uint8_t *bytes, int64_t nbytes, const char *name, int64_t *shape);
 xt_tensor *xt_image_load(const char *path, int32_t channels);
 /* t uint8 [H,W] or [H,W,C], C 1..4; any strides. */
 xt_status xt_image_save_png(const char *path, xt_tensor *t);
@@ -454,7 +478,7 @@ typedef struct xt_transform {
 xt_status xt_transforms_check(int32_t n_transforms, const xt_transform *transforms);
 /* Apply a pipeline to one image [H,W,C] uint8 with the random choices of sample `index`
  * in `epoch` of a loader seeded with `seed` -> float32 [C,H,W], or uint8 [H,W,C] when
- * the pipeline has no TO_TENSOR or NORMALIZE step. */
+ * the pipeline has no TO_TENSOR step. */
 xt_tensor *xt_transform_apply(xt_tensor *image, int32_t n_transforms,
                               const xt_transform *transforms, uint64_t seed, int64_t epoch,
                               int64_t index);
@@ -476,6 +500,10 @@ typedef struct xt_loader_options {
 xt_loader *xt_loader_new_memory(xt_tensor *images, xt_tensor *labels,
                                 const xt_loader_options *options, int32_t n_transforms,
                                 const xt_transform *transforms);
+/* n image files (paths copied), decoded by the workers with xt_image_load. */
+xt_loader *xt_loader_new_files(int64_t n, const char *const *paths, xt_tensor *labels,
+                               const xt_loader_options *options, int32_t n_transforms,
+                               const xt_transform *transforms);
 /* Stops the workers (mid-epoch too), joins them and frees everything. NULL: no-op. */
 void xt_loader_free(xt_loader *loader);
 int64_t xt_loader_num_batches(const xt_loader *loader);

@@ -18,6 +18,8 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,12 +28,85 @@
 #define AFT_TINY 1e-20f
 #define AFT_LOG_TINY (-46.0517f) /* log(AFT_TINY) */
 
-/* sigmoid without overflow for any x; vectorises (one exp, a select). */
+/* exp and log that vectorise under `omp simd` (glibc's expf/logf only do with
+ * -ffast-math, which the kernels cannot use: they rely on infinities). Cephes' float
+ * polynomials: relative error below 2e-7 (tests/c/test_aft.c measures them).
+ * aft_exp: exact 0 below -87.3 (results under FLT_MIN are flushed, which the kernels'
+ * AFT_TINY threshold accounts for), +inf above 88.7, NaN passes through.
+ * aft_log: for positive normal x (the kernels only take logs of sums >= AFT_TINY). */
+static inline float aft_bits_to_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint32_t aft_float_to_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float aft_exp(float x)
+{
+    float xc = x < -87.3365f ? -87.3365f : x > 88.7228f ? 88.7228f : x;
+    float n = __builtin_rintf(xc * 1.44269504088896341f); /* -126 .. 128 */
+    float r = xc - n * 0.693359375f + n * 2.12194440e-4f; /* x - n ln 2, in two parts */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    float top = n > 127.0f ? 2.0f : 1.0f; /* 2^128 is out of range: 2^127 * 2 */
+    float n1 = n > 127.0f ? 127.0f : n;
+    float y = p * top * aft_bits_to_float((uint32_t)((int32_t)n1 + 127) << 23);
+    y = x < -87.3365f ? 0.0f : y;
+    y = x > 88.7228f ? INFINITY : y;
+    return x != x ? x : y;
+}
+
+static inline float aft_log(float x)
+{
+    uint32_t u = aft_float_to_bits(x);
+    float e = (float)((int32_t)(u >> 23) - 126);
+    float m = aft_bits_to_float((u & 0x007fffffu) | 0x3f000000u); /* x = m 2^e, m in [0.5,1) */
+    bool small = m < 0.707106781186547524f;
+    e = small ? e - 1.0f : e;
+    m = small ? m + m - 1.0f : m - 1.0f;
+    float z = m * m;
+    float y = 7.0376836292e-2f;
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z;
+    y += e * -2.12194440e-4f;
+    y += -0.5f * z;
+    return m + y + e * 0.693359375f;
+}
+
+/* sigmoid without overflow for any x; vectorises. */
 static inline float aft_sigmoid(float x)
 {
-    float e = expf(-fabsf(x));
+    float e = aft_exp(-fabsf(x));
     float s = 1.0f / (1.0f + e);
     return x >= 0 ? s : e * s;
+}
+
+/* n floats of scratch from the tensor allocator (whose block cache spares the page faults
+ * of fresh large buffers); *holder owns them. NULL with the error set on failure. */
+static inline float *aft_buffer(xt_tensor **holder, int64_t n)
+{
+    if (n < 1) n = 1;
+    *holder = xt_empty(1, &n, XT_FLOAT32);
+    return *holder ? (float *)(*holder)->data : NULL;
 }
 
 /* t as a contiguous tensor (+1), copied outside the graph (the node stays on t). */
@@ -74,15 +149,6 @@ static inline xt_status aft_check_qkv(const char *op, const xt_tensor *q, const 
         aft_check_shape(op, "v", v, 3, q->shape, "the shape of q"))
         return xt_last_status();
     return XT_OK;
-}
-
-/* n floats of scratch (64-byte aligned), or NULL with an out-of-memory error naming op. */
-static inline float *aft_alloc(int64_t n, const char *op)
-{
-    size_t bytes = ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) & ~(size_t)63;
-    float *p = aligned_alloc(64, bytes);
-    if (!p) xt_fail(XT_ERR_OOM, "%s: out of memory (%lld floats of scratch)", op, (long long)n);
-    return p;
 }
 
 static inline void aft_release(int32_t n, xt_tensor **ts)

@@ -95,7 +95,7 @@ static float head_setup(const conv_geom *g, const float *kp, const float *wh, fl
     float m = -INFINITY, r = 0.0f;
     for (int64_t p = 0; p < g->P; p++) m = kp[p] > m ? kp[p] : m;
 #pragma omp simd
-    for (int64_t p = 0; p < g->P; p++) E[p] = expf(kp[p] - m);
+    for (int64_t p = 0; p < g->P; p++) E[p] = aft_exp(kp[p] - m);
     for (int64_t d = 0; d < g->kk; d++) r = wh[d] > r ? wh[d] : r;
     float osc = expf(-r);
     for (int64_t d = 0; d < g->kk; d++) {
@@ -193,10 +193,11 @@ static xt_status conv_forward(const conv_geom *g, const float *q, const float *k
 {
     int nt = omp_get_max_threads();
     int64_t nf = conv_scratch_floats(g), nd = 2 * g->P;
-    float *scratch = aft_alloc(nf * nt, "aft_conv");
-    double *dscratch = (double *)aft_alloc(2 * nd * nt, "aft_conv");
+    xt_tensor *hold[2] = {NULL, NULL};
+    float *scratch = aft_buffer(&hold[0], nf * nt);
+    double *dscratch = (double *)aft_buffer(&hold[1], 2 * nd * nt);
     if (!scratch || !dscratch) {
-        free(scratch), free(dscratch);
+        aft_release(2, hold);
         return xt_last_status();
     }
     int64_t tasks = g->B * g->heads;
@@ -209,7 +210,7 @@ static xt_status conv_forward(const conv_geom *g, const float *q, const float *k
         conv_forward_head(g, q + off, k + task * g->P, v + off, w + i * g->kk, y + off, A + off,
                           lam + task * g->P, scratch + tid * nf, dscratch + tid * nd);
     }
-    free(scratch), free(dscratch);
+    aft_release(2, hold);
     return XT_OK;
 }
 
@@ -235,7 +236,7 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
     int64_t flagged = 0;
     for (int64_t p = 0; p < P; p++) {
         bool ok = lam[p] >= AFT_LOG_TINY;
-        inv[p] = ok ? expf(-lam[p]) : 0.0f; /* direct outputs are handled below */
+        inv[p] = ok ? aft_exp(-lam[p]) : 0.0f; /* direct outputs are handled below */
         flagged += !ok;
         a[p] = 0;
         vu[p] = 0;
@@ -314,7 +315,8 @@ static xt_status conv_backward(const conv_geom *g, const float *q, const float *
 {
     int nt = omp_get_max_threads();
     int64_t nf = conv_scratch_floats(g);
-    float *scratch = aft_alloc(nf * nt, "aft_conv");
+    xt_tensor *hold = NULL;
+    float *scratch = aft_buffer(&hold, nf * nt);
     if (!scratch) return xt_last_status();
     int64_t tasks = g->B * g->heads;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) \
@@ -327,7 +329,7 @@ static xt_status conv_backward(const conv_geom *g, const float *q, const float *
                            d.dv ? d.dv + off : NULL, d.dw ? d.dw + task * g->kk : NULL,
                            scratch + omp_get_thread_num() * nf);
     }
-    free(scratch);
+    xt_tensor_release(hold);
     return XT_OK;
 }
 

@@ -107,7 +107,7 @@ static void band_weights(const band *g, const float *w, const float *r, int64_t 
         float rt = r[t];
         for (int64_t j = 0; j < lo; j++) p[j] = 0.0f;
 #pragma omp simd
-        for (int64_t j = lo; j < hi; j++) p[j] = expf(wr[j] - rt);
+        for (int64_t j = lo; j < hi; j++) p[j] = aft_exp(wr[j] - rt);
         for (int64_t j = hi; j < width; j++) p[j] = 0.0f;
     }
 }
@@ -232,15 +232,16 @@ static float direct_output(const band *g, const float *k, const float *v, const 
 
 /* ---- forward --------------------------------------------------------------------------
  * Writes y, A (the normalised context) and lam = log(den) relative to the offsets. */
-static xt_status band_forward(const band *g, const char *op, const float *q, const float *k,
+static xt_status band_forward(const band *g, const float *q, const float *k,
                               const float *v, const float *w, float *y, float *A, float *lam)
 {
     int64_t B = g->B, T = g->T, D = g->D, J = g->J;
-    float *m = aft_alloc(B * D, op), *r = aft_alloc(T, op), *osc = aft_alloc(T, op);
-    float *X = aft_alloc(T * J, op), *ND = aft_alloc(T * J, op);
-    float *P = aft_alloc(g->tb * max_width(g), op);
+    xt_tensor *hold[6] = {NULL};
+    float *m = aft_buffer(&hold[0], B * D), *r = aft_buffer(&hold[1], T);
+    float *osc = aft_buffer(&hold[2], T), *X = aft_buffer(&hold[3], T * J);
+    float *ND = aft_buffer(&hold[4], T * J), *P = aft_buffer(&hold[5], g->tb * max_width(g));
     if (!m || !r || !osc || !X || !ND || !P) {
-        free(m), free(r), free(osc), free(X), free(ND), free(P);
+        aft_release(6, hold);
         return xt_last_status();
     }
     column_max(k, B, T, D, m);
@@ -254,7 +255,7 @@ static xt_status band_forward(const band *g, const char *op, const float *q, con
             float *x = X + t * J + b * 2 * D;
 #pragma omp simd
             for (int64_t c = 0; c < D; c++) {
-                float e = expf(kr[c] - mb[c]);
+                float e = aft_exp(kr[c] - mb[c]);
                 x[c] = e * vr[c];
                 x[D + c] = e;
             }
@@ -290,7 +291,7 @@ static xt_status band_forward(const band *g, const char *op, const float *q, con
                 bool ok = den >= AFT_TINY;
                 float a = ok ? nd[c] / den : 0.0f;
                 A[o + c] = a;
-                lam[o + c] = ok ? logf(den) : -INFINITY;
+                lam[o + c] = ok ? aft_log(den) : -INFINITY;
                 y[o + c] = aft_sigmoid(q[o + c]) * a;
                 bad += !ok;
             }
@@ -307,7 +308,7 @@ static xt_status band_forward(const band *g, const char *op, const float *q, con
                     y[o] = aft_sigmoid(q[o]) * A[o];
                 }
     }
-    free(m), free(r), free(osc), free(X), free(ND), free(P);
+    aft_release(6, hold);
     return XT_OK;
 }
 
@@ -362,7 +363,7 @@ typedef struct band_grads {
     float *dq, *dk, *dv, *dw; /* NULL when not needed; dw zero-filled by the caller */
 } band_grads;
 
-static xt_status band_backward_kernel(const band *g, const char *op, const float *q,
+static xt_status band_backward_kernel(const band *g, const float *q,
                                       const float *k, const float *v, const float *w,
                                       const float *A, const float *lam, const float *G,
                                       band_grads d)
@@ -370,13 +371,15 @@ static xt_status band_backward_kernel(const band *g, const char *op, const float
     int64_t B = g->B, T = g->T, D = g->D, J = g->J;
     bool need_kv = d.dk || d.dv, need_w = d.dw != NULL;
     bool need_Y = need_kv || need_w;
-    float *m = aft_alloc(B * D, op), *r = aft_alloc(T, op), *osc = aft_alloc(T, op);
-    float *Y = need_Y ? aft_alloc(T * J, op) : NULL;
-    float *Z = need_kv ? aft_alloc(T * J, op) : NULL;
-    float *X = need_w ? aft_alloc(T * J, op) : NULL;
-    float *P = need_Y ? aft_alloc(g->tb * max_width(g), op) : NULL;
+    xt_tensor *hold[7] = {NULL};
+    float *m = aft_buffer(&hold[0], B * D), *r = aft_buffer(&hold[1], T);
+    float *osc = aft_buffer(&hold[2], T);
+    float *Y = need_Y ? aft_buffer(&hold[3], T * J) : NULL;      /* [T,J] */
+    float *Z = need_kv ? aft_buffer(&hold[4], T * J) : NULL;     /* [T,J] */
+    float *X = need_w ? aft_buffer(&hold[5], T * J) : NULL;      /* [T,J] */
+    float *P = need_Y ? aft_buffer(&hold[6], g->tb * max_width(g)) : NULL;
     if (!m || !r || !osc || (need_Y && (!Y || !P)) || (need_kv && !Z) || (need_w && !X)) {
-        free(m), free(r), free(osc), free(Y), free(Z), free(X), free(P);
+        aft_release(7, hold);
         return xt_last_status();
     }
     column_max(k, B, T, D, m);
@@ -404,7 +407,7 @@ static xt_status band_backward_kernel(const band *g, const char *op, const float
 #pragma omp simd reduction(+ : bad)
                 for (int64_t c = 0; c < D; c++) {
                     bool ok = lr[c] >= AFT_LOG_TINY;
-                    float hn = ok ? gr[c] * aft_sigmoid(qr[c]) * expf(-lr[c]) : 0.0f;
+                    float hn = ok ? gr[c] * aft_sigmoid(qr[c]) * aft_exp(-lr[c]) : 0.0f;
                     y[c] = hn;
                     y[D + c] = hn * ar[c];
                     bad += !ok;
@@ -416,7 +419,7 @@ static xt_status band_backward_kernel(const band *g, const char *op, const float
                 float *x = X + t * J + b * 2 * D;
 #pragma omp simd
                 for (int64_t c = 0; c < D; c++) {
-                    float e = expf(kr[c] - mb[c]);
+                    float e = aft_exp(kr[c] - mb[c]);
                     x[c] = e * vr[c];
                     x[D + c] = -e;
                 }
@@ -462,14 +465,14 @@ static xt_status band_backward_kernel(const band *g, const char *op, const float
                 const float *u = Z + t * J + b * 2 * D, *u2 = u + D;
 #pragma omp simd
                 for (int64_t c = 0; c < D; c++) {
-                    float e = expf(kr[c] - mb[c]);
+                    float e = aft_exp(kr[c] - mb[c]);
                     if (d.dv) d.dv[o + c] = e * u[c];
                     if (d.dk) d.dk[o + c] = e * (vr[c] * u[c] - u2[c]);
                 }
             }
     }
     if (flagged > 0) direct_backward(g, q, k, v, w, A, lam, G, m, r, d.dk, d.dv, d.dw);
-    free(m), free(r), free(osc), free(Y), free(Z), free(X), free(P);
+    aft_release(7, hold);
     return XT_OK;
 }
 
@@ -497,7 +500,7 @@ static xt_status aft_bias_backward(xt_node *node, xt_tensor *dout, xt_tensor **d
     if (ok) {
         band_grads d = {dt[0] ? dt[0]->data : NULL, dt[1] ? dt[1]->data : NULL,
                         dt[2] ? dt[2]->data : NULL, dt[3] ? dt[3]->data : NULL};
-        ok = band_backward_kernel(&g, node->name, q->data, s[1]->data, s[2]->data, w->data,
+        ok = band_backward_kernel(&g, q->data, s[1]->data, s[2]->data, w->data,
                                   s[4]->data, s[5]->data, gc->data, d) == XT_OK;
     }
     xt_tensor_release(gc);
@@ -530,7 +533,7 @@ xt_tensor *aft_bias_attention(const char *op, xt_tensor *q, xt_tensor *k, xt_ten
     xt_tensor *lam = xt_empty(3, q->shape, XT_FLOAT32);
     xt_tensor *all[7] = {qc, kc, vc, wc, A, lam, y};
     bool ok = qc && kc && vc && wc && y && A && lam &&
-              band_forward(&g, op, qc->data, kc->data, vc->data, wc->data, y->data, A->data,
+              band_forward(&g, qc->data, kc->data, vc->data, wc->data, y->data, A->data,
                            lam->data) == XT_OK;
     xt_tensor *inputs[4] = {q, k, v, w};
     if (ok && xt_needs_grad(4, inputs)) {

@@ -45,7 +45,7 @@ static void simple_forward(const float *q, const float *k, const float *v, int64
                 int64_t o = (b * T + t) * D + c0;
 #pragma omp simd
                 for (int64_t c = 0; c < nc; c++) {
-                    float e = expf(k[o + c] - m[c]);
+                    float e = aft_exp(k[o + c] - m[c]);
                     s[c] += e;
                     n[c] += (double)e * v[o + c];
                 }
@@ -90,7 +90,7 @@ static void simple_backward(const float *q, const float *k, const float *v, cons
                 int64_t o = (b * T + t) * D + c0;
 #pragma omp simd
                 for (int64_t c = 0; c < nc; c++) {
-                    float g = expf(k[o + c] - Lb[c]) * h[c];
+                    float g = aft_exp(k[o + c] - Lb[c]) * h[c];
                     if (dv) dv[o + c] = g;
                     if (dk) dk[o + c] = g * (v[o + c] - ab[c]);
                 }
@@ -117,7 +117,7 @@ static void simple_causal_forward(const float *q, const float *k, const float *v
 #pragma omp simd
                 for (int64_t c = 0; c < nc; c++) {
                     float kt = k[o + c], d = kt - m[c];
-                    float x = expf(-fabsf(d));       /* e^(m - m') or e^(k_t - m') */
+                    float x = aft_exp(-fabsf(d));       /* e^(m - m') or e^(k_t - m') */
                     bool up = d > 0;                 /* k_t is the new max */
                     double decay = up ? x : 1.0f, e = up ? 1.0f : x;
                     m[c] = up ? kt : m[c];
@@ -125,7 +125,7 @@ static void simple_causal_forward(const float *q, const float *k, const float *v
                     s[c] = s[c] * decay + e;
                     float at = (float)(n[c] / s[c]);
                     A[o + c] = at;
-                    L[o + c] = m[c] + logf((float)s[c]);
+                    L[o + c] = m[c] + aft_log((float)s[c]);
                     y[o + c] = aft_sigmoid(q[o + c]) * at;
                 }
             }
@@ -151,11 +151,11 @@ static void simple_causal_backward(const float *q, const float *k, const float *
                     float sg = aft_sigmoid(q[o + c]), at = A[o + c], Lt = L[o + c];
                     float h = G[o + c] * sg;
                     if (dq) dq[o + c] = G[o + c] * at * sg * (1.0f - sg);
-                    double f = last ? 0.0f : expf(Lt - Lnext[c]);
+                    double f = last ? 0.0f : aft_exp(Lt - Lnext[c]);
                     r1[c] = h + f * r1[c];
                     r2[c] = (double)h * at + f * r2[c];
                     Lnext[c] = Lt;
-                    float alpha = expf(k[o + c] - Lt);
+                    float alpha = aft_exp(k[o + c] - Lt);
                     if (dv) dv[o + c] = (float)(alpha * r1[c]);
                     if (dk) dk[o + c] = (float)(alpha * (v[o + c] * r1[c] - r2[c]));
                 }

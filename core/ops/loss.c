@@ -99,6 +99,36 @@ static xt_tensor *reduce_losses(const double *loss, int64_t n, int32_t reduction
     return xt_full(0, NULL, XT_FLOAT32, reduction == XT_REDUCTION_MEAN ? s / denom : s);
 }
 
+/* exp(x) for the softmax's x = z - max <= 0, in a form the compiler vectorises (glibc's expf
+ * is not, without -ffast-math): x = k ln2 + r with |r| <= ln2/2, exp(r) by its Taylor
+ * series to r^7 (truncation below 1e-8 relative), times 2^k made from its exponent bits.
+ * Within 2 ulp of expf; exactly 0 below -87 (where exp underflows to denormals); NaN stays
+ * NaN. Only unsigned integer arithmetic touches the bits, so no input is undefined. */
+static inline float exp_nonpositive(float x)
+{
+    const float log2e = 1.44269504f;
+    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;  /* ln2 = hi + lo, hi exact */
+    const float shifter = 12582912.0f;  /* 1.5 * 2^23: adding it rounds to an integer */
+    float xc = x < -87.0f ? -87.0f : x;
+    float kf = xc * log2e + shifter;
+    uint32_t kbits;
+    memcpy(&kbits, &kf, sizeof kbits);  /* 0x4B400000 + k */
+    kf -= shifter;
+    float r = (xc - kf * ln2_hi) - kf * ln2_lo;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    uint32_t sbits = (kbits - 0x4B400000u + 127u) << 23;
+    float scale;
+    memcpy(&scale, &sbits, sizeof scale);
+    return x < -87.0f ? 0.0f : p * scale;
+}
+
 /* ==== class targets ======================================================================= */
 
 typedef struct class_geom {
@@ -231,29 +261,30 @@ static void ce_forward_rows(const ce_args *a, const class_geom *g, float *stats,
 #pragma omp parallel for schedule(static) if (g->positions * C > XT_PARALLEL_GRAIN)
     for (int64_t p = 0; p < g->positions; p++) {
         const float *z = a->z + p * C;
-        float m = -INFINITY;
+        float m = -INFINITY;  /* a NaN logit is skipped here but still poisons the sum below */
 #pragma omp simd reduction(max : m)
-        for (int64_t c = 0; c < C; c++) m = fmaxf(m, z[c]);
+        for (int64_t c = 0; c < C; c++) m = z[c] > m ? z[c] : m;
         double se = 0, ss = 0;  /* sum of exp(z - m); sum of w_c (m - z_c) */
         if (smooth && a->w) {
 #pragma omp simd reduction(+ : se, ss)
             for (int64_t c = 0; c < C; c++) {
-                se += expf(z[c] - m);
+                se += exp_nonpositive(z[c] - m);
                 ss += a->w[c] * (m - z[c]);
             }
         } else if (smooth) {
 #pragma omp simd reduction(+ : se, ss)
             for (int64_t c = 0; c < C; c++) {
-                se += expf(z[c] - m);
+                se += exp_nonpositive(z[c] - m);
                 ss += m - z[c];
             }
         } else {
 #pragma omp simd reduction(+ : se)
-            for (int64_t c = 0; c < C; c++) se += expf(z[c] - m);
+            for (int64_t c = 0; c < C; c++) se += exp_nonpositive(z[c] - m);
         }
-        double lse = m + log(se);
+        const float log_se = logf((float)se);  /* float: the stats are kept in float anyway */
+        double lse = (double)m + log_se;
         stats[p] = m;
-        stats[g->positions + p] = (float)log(se);
+        stats[g->positions + p] = log_se;
         int64_t t = a->t[p];
         loss[p] = t == a->ignore ? 0.0
                                  : ce_position_loss(a, g, t - a->base, lse, m, z[t - a->base], ss);
@@ -282,13 +313,13 @@ static void ce_forward_spatial(const ce_args *a, const class_geom *g, float *sta
         for (int64_t c = 0; c < C; c++) {
             const float *z = zn + c * S;
 #pragma omp simd
-            for (int64_t s = 0; s < len; s++) m[s] = fmaxf(m[s], z[s]);
+            for (int64_t s = 0; s < len; s++) m[s] = z[s] > m[s] ? z[s] : m[s];
         }
         for (int64_t c = 0; c < C; c++) {
             const float *z = zn + c * S;
             const float wc = a->w ? a->w[c] : 1.0f;
 #pragma omp simd
-            for (int64_t s = 0; s < len; s++) se[s] += expf(z[s] - m[s]);
+            for (int64_t s = 0; s < len; s++) se[s] += exp_nonpositive(z[s] - m[s]);
             if (smooth) {
 #pragma omp simd
                 for (int64_t s = 0; s < len; s++) ss[s] += wc * (m[s] - z[s]);
@@ -296,9 +327,10 @@ static void ce_forward_spatial(const ce_args *a, const class_geom *g, float *sta
         }
         for (int64_t s = 0; s < len; s++) {
             const int64_t p = n * S + s0 + s, t = a->t[p];
-            double lse = m[s] + log(se[s]);
+            const float log_se = logf((float)se[s]);
+            double lse = (double)m[s] + log_se;
             stats[p] = m[s];
-            stats[g->positions + p] = (float)log(se[s]);
+            stats[g->positions + p] = log_se;
             loss[p] = t == a->ignore ? 0.0
                                      : ce_position_loss(a, g, t - a->base, lse, m[s],
                                                         zn[(t - a->base) * S + s], ss[s]);
@@ -328,11 +360,11 @@ static void ce_backward_rows(const ce_args *a, const class_geom *g, const float 
         const float Q = (1 - e) * wt + each * (float)a->wsum;
         if (a->w && e > 0) {
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++) d[c] = gp * (expf((z[c] - m) - l) * Q - each * a->w[c]);
+            for (int64_t c = 0; c < C; c++) d[c] = gp * (exp_nonpositive((z[c] - m) - l) * Q - each * a->w[c]);
         } else {
             const float q = each;  /* the same smoothing for every class */
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++) d[c] = gp * (expf((z[c] - m) - l) * Q - q);
+            for (int64_t c = 0; c < C; c++) d[c] = gp * (exp_nonpositive((z[c] - m) - l) * Q - q);
         }
         d[k] -= gp * (1 - e) * wt;
     }
@@ -366,7 +398,7 @@ static void ce_backward_spatial(const ce_args *a, const class_geom *g, const flo
             const float qc = each * (a->w ? a->w[c] : 1.0f);
 #pragma omp simd
             for (int64_t s = 0; s < len; s++)
-                d[s] = gp[s] * (expf((z[s] - m[s]) - l[s]) * Q[s] - qc);
+                d[s] = gp[s] * (exp_nonpositive((z[s] - m[s]) - l[s]) * Q[s] - qc);
         }
         for (int64_t s = 0; s < len; s++) {
             const int64_t t = a->t[n * S + s0 + s];

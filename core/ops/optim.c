@@ -261,7 +261,8 @@ xt_status xt_adam_step(xt_tensor *param, xt_tensor *grad, xt_tensor *exp_avg,
 
 /* ---- sum of squares ---------------------------------------------------------------------------
  * Per chunk in double, then the chunks in order: the result does not depend on the number
- * of threads. NaN (with the error set) on bad input. */
+ * of threads. Bad input gives NaN with the error set; NaN gradients also give NaN, so the
+ * error is cleared on entry and xt_last_status() tells the two apart. */
 
 static double tensor_sum_of_squares(xt_tensor *t)
 {
@@ -296,6 +297,7 @@ static double tensor_sum_of_squares(xt_tensor *t)
 
 double xt_sum_of_squares(int32_t n, xt_tensor *const *tensors)
 {
+    xt_clear_error();
     if (n < 0) {
         xt_fail(XT_ERR_ARG, "sum_of_squares: negative tensor count %d", n);
         return NAN;

@@ -139,17 +139,19 @@ static int32_t result_dtype(int32_t op, int32_t dtype)
 
 /* logsumexp = m + log(sum exp(x - m)), m the max; an infinite or NaN m shifts by 0 so the
  * result is +-inf (or NaN) as it should be, instead of inf - inf. */
+static double lse_shift(xt_racc max, int64_t n_red) { return isfinite(max.f) ? max.f : 0.0; }
+
 static xt_status run_logsumexp(const xt_rplan *plan, double *acc)
 {
-    xt_storage *hold;
-    double *shift = xt_scratch(plan->n_out, &hold, "logsumexp");
-    if (!shift) return xt_last_status();
-    xt_status st = xt_rplan_run(plan, &xt_rk_f32_max, shift, NULL);
-    for (int64_t o = 0; o < plan->n_out; o++)
-        if (!isfinite(shift[o])) shift[o] = 0;
-    if (st == XT_OK) st = xt_rplan_run(plan, &xt_rk_f32_sumexp, acc, shift);
+    xt_storage *hold1, *hold2 = NULL;
+    double *shift = xt_scratch(plan->n_out, &hold1, "logsumexp");
+    double *max = shift ? xt_scratch(plan->n_out, &hold2, "logsumexp") : NULL;
+    xt_status st = max ? xt_rplan_run2(plan, &xt_rk_f32_max, max, lse_shift, shift,
+                                       &xt_rk_f32_sumexp, acc)
+                       : xt_last_status();
     for (int64_t o = 0; st == XT_OK && o < plan->n_out; o++) acc[o] = log(acc[o]) + shift[o];
-    xt_storage_release(hold);
+    xt_storage_release(hold1);
+    xt_storage_release(hold2);
     return st;
 }
 
@@ -288,6 +290,9 @@ static xt_status var_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinput
     return finish(dinputs, dx, 4, t);
 }
 
+/* two passes (mean, then squared deviations from it): exact where one pass cancels */
+static double mean_of(xt_racc sum, int64_t n_red) { return sum.f / (double)n_red; }
+
 xt_tensor *xt_var(xt_tensor *x, int32_t ndims, const int32_t *dims, double correction,
                   int32_t keepdim)
 {
@@ -306,16 +311,14 @@ xt_tensor *xt_var(xt_tensor *x, int32_t ndims, const int32_t *dims, double corre
     xt_tensor *mean_t = out ? xt_empty(ndim, shape, XT_FLOAT32) : NULL;
     int64_t n_out = xt_shape_numel(ndim, shape);
     xt_storage *hold = NULL;
-    double *mean = mean_t ? xt_scratch(2 * n_out, &hold, "var") : NULL;
+    double *sum = mean_t ? xt_scratch(3 * n_out, &hold, "var") : NULL;
+    double *mean = sum ? sum + n_out : NULL, *ss = sum ? sum + 2 * n_out : NULL;
     xt_rplan plan;
-    xt_tensor *src = mean ? xt_rplan_make(&plan, x, mask) : NULL;
-    xt_status st = src ? xt_rplan_run(&plan, &xt_rk_f32_sum, mean, NULL) : xt_last_status();
-    double *ss = mean + n_out;
+    xt_tensor *src = sum ? xt_rplan_make(&plan, x, mask) : NULL;
+    xt_status st = src ? xt_rplan_run2(&plan, &xt_rk_f32_sum, sum, mean_of, mean,
+                                       &xt_rk_f32_sqdev, ss)
+                       : xt_last_status();
     double n = src ? (double)plan.n_red : 0;
-    if (st == XT_OK) {
-        for (int64_t o = 0; o < n_out; o++) mean[o] /= n;
-        st = xt_rplan_run(&plan, &xt_rk_f32_sqdev, ss, mean);
-    }
     double denom = n - correction > 0 ? n - correction : 0.0;
     if (st == XT_OK) {
         float *po = out->data, *pm = mean_t->data;

@@ -61,8 +61,10 @@ typedef struct xt_rkernel {
     xt_racc identity;              /* what an accumulator starts from */
     /* rows: fold the contiguous x[0..n) into the single accumulator *acc */
     void (*row)(void *acc, const void *x, int64_t n, const double *shift);
-    /* columns: fold x[j * stride] into acc[j], j < n (shift[j] for output j) */
-    void (*col)(void *acc, const void *x, int64_t n, int64_t stride, const double *shift);
+    /* columns: fold x[r * mstride + j * stride] into acc[j], j < n, r < m (shift[j] for
+     * output j); the runs in order of r */
+    void (*col)(void *acc, const void *x, int64_t n, int64_t stride, int64_t m,
+                int64_t mstride, const double *shift);
     /* acc[j] = acc[j] folded with part[j]; acc holds the earlier part of the reduction */
     void (*combine)(void *acc, const void *part, int64_t n);
 } xt_rkernel;
@@ -73,6 +75,13 @@ typedef struct xt_rkernel {
 xt_tensor *xt_rplan_make(xt_rplan *plan, xt_tensor *x, uint32_t reduce_mask);
 /* Fill acc[0..n_out) (the identity, then fold every element). shift: NULL or n_out doubles. */
 xt_status xt_rplan_run(const xt_rplan *plan, const xt_rkernel *k, void *acc, const double *shift);
+/* Two folds, the second shifted by the first: acc1 = fold k1; shift[o] = mid(acc1[o],
+ * n_red); acc2 = fold k2 with shift. A block of outputs goes through both while its input
+ * is in cache (the max then exp-sum of logsumexp, the mean then squared deviations of
+ * var). shift: n_out doubles, written. */
+typedef double (*xt_rmid_fn)(xt_racc first, int64_t n_red);
+xt_status xt_rplan_run2(const xt_rplan *plan, const xt_rkernel *k1, void *acc1, xt_rmid_fn mid,
+                        double *shift, const xt_rkernel *k2, void *acc2);
 
 /* Kernels (reduce_kernels.c). f32: double accumulators; i64: int64 accumulators that
  * wrap around on overflow like two's-complement arithmetic. */
@@ -109,9 +118,14 @@ xt_tensor *xt_dense(xt_tensor *t);
  * count, so the summation order (and so the result) is the same on any machine. */
 int64_t xt_reduce_chunks(int64_t tasks, int64_t work_per_task, int64_t n_red);
 
-/* Work per parallel task of the plan runs and of the index/softmax/cumsum kernels:
- * outputs are grouped so a task folds at least about this many elements. */
-enum { XT_RED_MIN_TASKS = 64, XT_RED_COL_BLOCK = 256 };
+/* Parallel tasks: enough of them for the threads (XT_RED_MIN_TASKS), and columns taken
+ * in blocks of up to XT_RED_COL_BLOCK (8 KB of float32 per run: long contiguous reads,
+ * while the block's accumulators stay in L1/L2). */
+enum { XT_RED_MIN_TASKS = 64, XT_RED_COL_BLOCK = 2048 };
+/* Block width for kernels whose columns are independent (argmax, cumsum along a leading
+ * dim of [outer, D, inner]): as wide as XT_RED_COL_BLOCK, narrower (down to 256) while
+ * there are fewer than XT_RED_MIN_TASKS blocks. */
+int64_t xt_reduce_col_width(int64_t outer, int64_t inner);
 /* Rows shorter than this go to columns mode; columns mode takes a stride up to
  * XT_RED_MAX_COL_STRIDE elements (a block of outputs still reads whole cache lines). */
 enum { XT_RED_SHORT_ROW = 16, XT_RED_MAX_COL_STRIDE = 16 };

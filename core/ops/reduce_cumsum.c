@@ -89,11 +89,11 @@ static xt_status scan_rows(const void *x, void *y, bool f32, int64_t outer, int6
 static void scan_columns(const void *x, void *y, bool f32, int64_t outer, int64_t D,
                          int64_t inner, bool reverse)
 {
-    int64_t ncb = (inner + XT_RED_COL_BLOCK - 1) / XT_RED_COL_BLOCK;
+    int64_t w = xt_reduce_col_width(outer, inner), ncb = (inner + w - 1) / w;
 #pragma omp parallel for schedule(static) if (outer * D * inner > XT_PARALLEL_GRAIN)
     for (int64_t t = 0; t < outer * ncb; t++) {
-        int64_t ou = t / ncb, c0 = t % ncb * XT_RED_COL_BLOCK;
-        int64_t n = inner - c0 < XT_RED_COL_BLOCK ? inner - c0 : XT_RED_COL_BLOCK;
+        int64_t ou = t / ncb, c0 = t % ncb * w;
+        int64_t n = inner - c0 < w ? inner - c0 : w;
         int64_t first = ou * D * inner + c0;
         if (f32) {
             double acc[XT_RED_COL_BLOCK] = {0};

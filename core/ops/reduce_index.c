@@ -190,11 +190,11 @@ static xt_status scan(const void *x, bool f32, bool is_max, int64_t outer, int64
         free(pi);
         return XT_OK;
     }
-    int64_t ncb = (inner + XT_RED_COL_BLOCK - 1) / XT_RED_COL_BLOCK;
+    int64_t w = xt_reduce_col_width(outer, inner), ncb = (inner + w - 1) / w;
 #pragma omp parallel for schedule(static) if (total > XT_PARALLEL_GRAIN)
     for (int64_t t = 0; t < outer * ncb; t++) {
-        int64_t ou = t / ncb, c0 = t % ncb * XT_RED_COL_BLOCK;
-        int64_t n = inner - c0 < XT_RED_COL_BLOCK ? inner - c0 : XT_RED_COL_BLOCK;
+        int64_t ou = t / ncb, c0 = t % ncb * w;
+        int64_t n = inner - c0 < w ? inner - c0 : w;
         int64_t o0 = ou * inner + c0;
         if (f32) {
             const float *p = (const float *)x + ou * D * inner + c0;

@@ -222,113 +222,193 @@ int64_t xt_reduce_chunks(int64_t tasks, int64_t work_per_task, int64_t n_red)
     return n > 1 ? n : 1;
 }
 
-/* Rows mode. Task t folds chunk (t % nch) of a block of outputs (t / nch): one output
- * when the reduction is chunked, else enough outputs for about XT_PARALLEL_GRAIN / 8
- * elements, walked with an odometer so short rows cost no divisions. */
-static void run_rows(const xt_rplan *p, const xt_rkernel *k, xt_racc *acc, xt_racc *part,
-                     int64_t nch, const double *shift)
+int64_t xt_reduce_col_width(int64_t outer, int64_t inner)
 {
-    int64_t L = p->rsize[p->nr - 1];
-    int32_t nro = p->nr - 1;            /* the reduced dims outside the runs */
-    int64_t per = 1;                    /* outputs per task */
-    if (nch == 1) {
-        per = XT_PARALLEL_GRAIN / 8 / p->n_red;
-        if (per < 1) per = 1;
-    }
-    int64_t nblocks = (p->n_out + per - 1) / per;
-    int64_t total = p->n_out * p->n_red, tasks = nblocks * nch;
-#pragma omp parallel for schedule(static) if (total > XT_PARALLEL_GRAIN && tasks > 1)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t b = t / nch, c = t % nch;
-        int64_t o_end = (b + 1) * per < p->n_out ? (b + 1) * per : p->n_out;
-        int64_t lo = p->n_red * c / nch, hi = p->n_red * (c + 1) / nch;
-        xt_racc *dest = c == 0 ? acc : part + (c - 1) * p->n_out;
-        odometer ko;
-        odo_seek(&ko, p->nk, p->ksize, p->kstride, b * per);
-        for (int64_t o = b * per; o < o_end; o++, odo_next(&ko)) {
-            const double *sh = shift ? shift + o : NULL;
-            dest[o] = k->identity;
-            if (nro == 0 && lo == 0 && hi == L) {   /* the common case: one run */
-                k->row(dest + o, p->base + ko.off * p->esize, L, sh);
-                continue;
-            }
-            odometer od;
-            odo_seek(&od, nro, p->rsize, p->rstride, lo / L);
-            int64_t col = lo % L;
-            for (int64_t r = lo; r < hi;) {
-                int64_t n = L - col < hi - r ? L - col : hi - r;
-                k->row(dest + o, p->base + (ko.off + od.off + col) * p->esize, n, sh);
-                r += n;
-                col = 0;
-                odo_next(&od);
-            }
-        }
-    }
+    int64_t w = XT_RED_COL_BLOCK;
+    while (w > 256 && outer * ((inner + w - 1) / w) < XT_RED_MIN_TASKS) w /= 2;
+    return w;
 }
 
-/* Columns mode: task t folds chunk (t % nch) of a block of up to XT_RED_COL_BLOCK
- * neighbouring outputs. */
-static void run_columns(const xt_rplan *p, const xt_rkernel *k, xt_racc *acc, xt_racc *part,
-                        int64_t nch, const double *shift)
+/* ---- tasks -------------------------------------------------------------------------
+ * The work is cut into tasks, each a contiguous range of outputs [o0, o1) and a chunk
+ * [lo, hi) of their reductions. Rows mode: a block of whole outputs (one output when
+ * the reductions are chunked, else enough for about XT_PARALLEL_GRAIN / 8 elements).
+ * Columns mode: up to XT_RED_COL_BLOCK neighbours along the innermost kept dim. */
+
+typedef struct task_layout {
+    int64_t blocks;     /* output blocks */
+    int64_t per;        /* rows mode: outputs per block */
+    int64_t ncb;        /* columns mode: blocks per row of the innermost kept dim */
+    int64_t nch;        /* chunks per reduction */
+} task_layout;
+
+static task_layout layout_of(const xt_rplan *p)
 {
-    int64_t L = p->ksize[p->nk - 1];
-    int64_t ncb = (L + XT_RED_COL_BLOCK - 1) / XT_RED_COL_BLOCK;
-    int64_t tasks = p->n_out / L * ncb * nch, total = p->n_out * p->n_red;
-#pragma omp parallel for schedule(static) if (total > XT_PARALLEL_GRAIN && tasks > 1)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t c = t % nch, cb = t / nch % ncb, ko = t / nch / ncb;
-        int64_t o0 = ko * L + cb * XT_RED_COL_BLOCK;
-        int64_t n = L - cb * XT_RED_COL_BLOCK;
-        if (n > XT_RED_COL_BLOCK) n = XT_RED_COL_BLOCK;
-        xt_racc *a = (c == 0 ? acc : part + (c - 1) * p->n_out) + o0;
-        const double *sh = shift ? shift + o0 : NULL;
-        int64_t kofs = index_offset(p->nk - 1, p->ksize, p->kstride, ko) +
-                       cb * XT_RED_COL_BLOCK * p->cstride;
-        int64_t lo = p->n_red * c / nch, hi = p->n_red * (c + 1) / nch;
-        for (int64_t j = 0; j < n; j++) a[j] = k->identity;
+    task_layout t = {0, 1, 1, 1};
+    if (p->rows) {
+        t.nch = xt_reduce_chunks(p->n_out, p->n_red, p->n_red);
+        if (t.nch == 1) {
+            t.per = XT_PARALLEL_GRAIN / 8 / p->n_red;
+            if (t.per < 1) t.per = 1;
+        }
+        t.blocks = (p->n_out + t.per - 1) / t.per;
+    } else {
+        int64_t L = p->ksize[p->nk - 1];
+        int64_t width = L < XT_RED_COL_BLOCK ? L : XT_RED_COL_BLOCK;
+        t.ncb = (L + XT_RED_COL_BLOCK - 1) / XT_RED_COL_BLOCK;
+        t.blocks = p->n_out / L * t.ncb;
+        t.nch = xt_reduce_chunks(t.blocks, p->n_red * width, p->n_red);
+    }
+    return t;
+}
+
+/* The outputs [*o0, *o1) of block b. */
+static void block_range(const xt_rplan *p, const task_layout *t, int64_t b, int64_t *o0,
+                        int64_t *o1)
+{
+    if (p->rows) {
+        *o0 = b * t->per;
+        *o1 = *o0 + t->per < p->n_out ? *o0 + t->per : p->n_out;
+        return;
+    }
+    int64_t L = p->ksize[p->nk - 1], c0 = b % t->ncb * XT_RED_COL_BLOCK;
+    *o0 = b / t->ncb * L + c0;
+    *o1 = *o0 + (L - c0 < XT_RED_COL_BLOCK ? L - c0 : XT_RED_COL_BLOCK);
+}
+
+/* Folds reduction elements [lo, hi) of outputs [o0, o1) into dest[o0..o1) (which this
+ * sets to the identity first). shift: NULL or indexed by output. */
+static void fold_block(const xt_rplan *p, const xt_rkernel *k, xt_racc *dest,
+                       const double *shift, int64_t o0, int64_t o1, int64_t lo, int64_t hi)
+{
+    for (int64_t o = o0; o < o1; o++) dest[o] = k->identity;
+    if (!p->rows) {
+        /* o0 .. o1 are neighbours along the innermost kept dim */
+        int64_t L = p->ksize[p->nk - 1];
+        int64_t kofs = index_offset(p->nk - 1, p->ksize, p->kstride, o0 / L) +
+                       o0 % L * p->cstride;
+        if (p->nr == 0) {   /* one element per output */
+            k->col(dest + o0, p->base + kofs * p->esize, o1 - o0, p->cstride, 1, 0,
+                   shift ? shift + o0 : NULL);
+            return;
+        }
+        /* the runs along the innermost reduced dim go to the kernel together */
+        int32_t last = p->nr - 1;
         odometer od;
         odo_seek(&od, p->nr, p->rsize, p->rstride, lo);
-        for (int64_t r = lo; r < hi; r++) {
-            k->col(a, p->base + (kofs + od.off) * p->esize, n, p->cstride, sh);
+        for (int64_t r = lo; r < hi;) {
+            int64_t m = p->rsize[last] - od.idx[last];
+            if (m > hi - r) m = hi - r;
+            k->col(dest + o0, p->base + (kofs + od.off) * p->esize, o1 - o0, p->cstride, m,
+                   p->rstride[last], shift ? shift + o0 : NULL);
+            r += m;
+            od.idx[last] += m - 1;   /* to the run's last element, then one step on */
+            od.off += (m - 1) * p->rstride[last];
+            odo_next(&od);
+        }
+        return;
+    }
+    int64_t L = p->rsize[p->nr - 1];
+    int32_t nro = p->nr - 1;            /* the reduced dims outside the runs */
+    odometer ko;
+    odo_seek(&ko, p->nk, p->ksize, p->kstride, o0);
+    for (int64_t o = o0; o < o1; o++, odo_next(&ko)) {
+        const double *sh = shift ? shift + o : NULL;
+        if (nro == 0 && lo == 0 && hi == L) {   /* the common case: one run */
+            k->row(dest + o, p->base + ko.off * p->esize, L, sh);
+            continue;
+        }
+        odometer od;
+        odo_seek(&od, nro, p->rsize, p->rstride, lo / L);
+        int64_t col = lo % L;
+        for (int64_t r = lo; r < hi;) {
+            int64_t n = L - col < hi - r ? L - col : hi - r;
+            k->row(dest + o, p->base + (ko.off + od.off + col) * p->esize, n, sh);
+            r += n;
+            col = 0;
             odo_next(&od);
         }
     }
 }
 
-xt_status xt_rplan_run(const xt_rplan *p, const xt_rkernel *k, void *acc, const double *shift)
+/* One fold of a run: its kernel and accumulators, and (for all but the last stage) how
+ * its result becomes the next stage's shift. */
+typedef struct stage {
+    const xt_rkernel *k;
+    xt_racc *acc;
+    xt_rmid_fn mid;
+    double *shift_out;
+} stage;
+
+static void apply_mid(const stage *s, int64_t o0, int64_t o1, int64_t n_red)
+{
+    for (int64_t o = o0; o < o1; o++) s->shift_out[o] = s->mid(s->acc[o], n_red);
+}
+
+static xt_status run_stages(const xt_rplan *p, int32_t n, const stage *st, const double *shift)
 {
     if (p->n_out == 0) return XT_OK;
-    if (p->n_red == 0) {
-        for (int64_t o = 0; o < p->n_out; o++) ((xt_racc *)acc)[o] = k->identity;
+    if (p->n_red == 0) {   /* nothing to fold: every stage gives its identity */
+        for (int32_t i = 0; i < n; i++) {
+            for (int64_t o = 0; o < p->n_out; o++) st[i].acc[o] = st[i].k->identity;
+            if (i + 1 < n) apply_mid(&st[i], 0, p->n_out, 0);
+        }
         return XT_OK;
     }
-    int64_t nch;
-    if (p->rows) {
-        nch = xt_reduce_chunks(p->n_out, p->n_red, p->n_red);
-    } else {
-        int64_t L = p->ksize[p->nk - 1];
-        int64_t ncb = (L + XT_RED_COL_BLOCK - 1) / XT_RED_COL_BLOCK;
-        int64_t width = L < XT_RED_COL_BLOCK ? L : XT_RED_COL_BLOCK;
-        nch = xt_reduce_chunks(p->n_out / L * ncb, p->n_red * width, p->n_red);
+    task_layout t = layout_of(p);
+    int64_t total = p->n_out * p->n_red;
+    if (t.nch == 1) {
+        /* every stage of a block in one go, while the block's input is in cache */
+#pragma omp parallel for schedule(static) if (total > XT_PARALLEL_GRAIN && t.blocks > 1)
+        for (int64_t b = 0; b < t.blocks; b++) {
+            int64_t o0, o1;
+            block_range(p, &t, b, &o0, &o1);
+            for (int32_t i = 0; i < n; i++) {
+                fold_block(p, st[i].k, st[i].acc, i ? st[i - 1].shift_out : shift, o0, o1, 0,
+                           p->n_red);
+                if (i + 1 < n) apply_mid(&st[i], o0, o1, p->n_red);
+            }
+        }
+        return XT_OK;
     }
-    /* chunk 0 folds straight into acc; chunks 1.. into part, combined in order after */
-    xt_racc *part = NULL;
-    if (nch > 1) {
-        part = malloc(sizeof(xt_racc) * (size_t)(p->n_out * (nch - 1)));
-        if (!part) return xt_fail(XT_ERR_OOM, "reduce: out of memory");
-    }
-    if (p->rows) run_rows(p, k, acc, part, nch, shift);
-    else run_columns(p, k, acc, part, nch, shift);
-    if (nch > 1) {
+    /* chunked: each stage over everything, chunk 0 into acc and the others into part,
+     * combined in chunk order */
+    xt_racc *part = malloc(sizeof(xt_racc) * (size_t)(p->n_out * (t.nch - 1)));
+    if (!part) return xt_fail(XT_ERR_OOM, "reduce: out of memory");
+    for (int32_t i = 0; i < n; i++) {
+        const double *sh = i ? st[i - 1].shift_out : shift;
+        int64_t tasks = t.blocks * t.nch;
+#pragma omp parallel for schedule(static)
+        for (int64_t k = 0; k < tasks; k++) {
+            int64_t b = k / t.nch, c = k % t.nch, o0, o1;
+            block_range(p, &t, b, &o0, &o1);
+            xt_racc *dest = c == 0 ? st[i].acc : part + (c - 1) * p->n_out;
+            fold_block(p, st[i].k, dest, sh, o0, o1, p->n_red * c / t.nch,
+                       p->n_red * (c + 1) / t.nch);
+        }
         int64_t nb = (p->n_out + XT_RED_COL_BLOCK - 1) / XT_RED_COL_BLOCK;
-#pragma omp parallel for schedule(static) if (p->n_out * nch > XT_PARALLEL_GRAIN)
+#pragma omp parallel for schedule(static) if (p->n_out * t.nch > XT_PARALLEL_GRAIN)
         for (int64_t b = 0; b < nb; b++) {
             int64_t o0 = b * XT_RED_COL_BLOCK;
-            int64_t n = p->n_out - o0 < XT_RED_COL_BLOCK ? p->n_out - o0 : XT_RED_COL_BLOCK;
-            for (int64_t c = 1; c < nch; c++)
-                k->combine((xt_racc *)acc + o0, part + (c - 1) * p->n_out + o0, n);
+            int64_t o1 = o0 + XT_RED_COL_BLOCK < p->n_out ? o0 + XT_RED_COL_BLOCK : p->n_out;
+            for (int64_t c = 1; c < t.nch; c++)
+                st[i].k->combine(st[i].acc + o0, part + (c - 1) * p->n_out + o0, o1 - o0);
+            if (i + 1 < n) apply_mid(&st[i], o0, o1, p->n_red);
         }
-        free(part);
     }
+    free(part);
     return XT_OK;
+}
+
+xt_status xt_rplan_run(const xt_rplan *p, const xt_rkernel *k, void *acc, const double *shift)
+{
+    stage s = {k, acc, NULL, NULL};
+    return run_stages(p, 1, &s, shift);
+}
+
+xt_status xt_rplan_run2(const xt_rplan *p, const xt_rkernel *k1, void *acc1, xt_rmid_fn mid,
+                        double *shift, const xt_rkernel *k2, void *acc2)
+{
+    stage s[2] = {{k1, acc1, mid, shift}, {k2, acc2, NULL, NULL}};
+    return run_stages(p, 2, s, NULL);
 }

@@ -182,8 +182,8 @@ static void forward_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, flo
             float *sr = s + r * SDPA_BC, *ar = acc + r * dv;
             float row_max = -INFINITY;
 #pragma omp simd reduction(max : row_max)
-            for (int64_t c = 0; c < bc; c++) row_max = fmaxf(row_max, sr[c]);
-            float m_new = fmaxf(m[r], row_max);
+            for (int64_t c = 0; c < bc; c++) row_max = sr[c] > row_max ? sr[c] : row_max;
+            float m_new = row_max > m[r] ? row_max : m[r];  /* a NaN score shows up in P */
             /* m_new is -inf only while no key of the row has been seen: P is 0 then */
             float shift = m_new == -INFINITY ? 0.0f : m_new;
             float sum = 0.0f;

@@ -5,9 +5,9 @@
  *   inner == 1 (the last dim, the common case): one fused kernel per row, which stays in
  *     cache between its three sweeps: the max, the exp-sum (softmax writes the exps as
  *     it goes), the normalisation. Rows are shared among threads.
- *   inner > 1: a block of neighbouring columns goes through the same three sweeps
- *     together, one contiguous run per step along D, with the column statistics in small
- *     arrays; vectorised across the columns.
+ *   inner > 1: a block of neighbouring columns goes through the same steps together,
+ *     one contiguous run per step along D, with the column statistics in small arrays;
+ *     vectorised across the columns (see the columns section for a long D).
  * exp sums accumulate in double. A row containing NaN gives NaN; a row of -inf gives NaN
  * (as PyTorch: there is no distribution to normalise).
  *
@@ -19,74 +19,47 @@
  */
 #include "reduce.h"
 
-enum { LANES = 16, CB = XT_RED_COL_BLOCK };
+enum { CB = XT_RED_COL_BLOCK };
 
 /* ---- rows (inner == 1) ---------------------------------------------------------------- */
 
 static float row_max(const float *x, int64_t n)
 {
-    float lane[LANES];
-    for (int j = 0; j < LANES; j++) lane[j] = -INFINITY;
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES) {
-#pragma omp simd
-        for (int j = 0; j < LANES; j++) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
-    }
     float m = -INFINITY;
-    for (; i < n; i++) m = x[i] > m ? x[i] : m;
-    for (int j = 0; j < LANES; j++) m = lane[j] > m ? lane[j] : m;
+#pragma omp simd reduction(max : m)
+    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
     return m;
 }
 
 /* sum of exp(x - m); also stores the exps in e unless e is NULL */
 static double row_expsum(const float *x, float *e, int64_t n, float m)
 {
-    double lane[LANES] = {0};
-    int64_t i = 0;
+    double s = 0;
     if (e) {
-        for (; i + LANES <= n; i += LANES) {
-#pragma omp simd
-            for (int j = 0; j < LANES; j++) {
-                float v = expf(x[i + j] - m);
-                e[i + j] = v;
-                lane[j] += v;
-            }
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < n; i++) {
+            float v = expf(x[i] - m);
+            e[i] = v;
+            s += v;
         }
     } else {
-        for (; i + LANES <= n; i += LANES) {
-#pragma omp simd
-            for (int j = 0; j < LANES; j++) lane[j] += expf(x[i + j] - m);
-        }
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < n; i++) s += expf(x[i] - m);
     }
-    double s = 0;
-    for (; i < n; i++) {
-        float v = expf(x[i] - m);
-        if (e) e[i] = v;
-        s += v;
-    }
-    for (int j = 0; j < LANES; j++) s += lane[j];
     return s;
 }
 
 /* sum of a * b (b NULL: sum of a) */
 static double row_dot(const float *a, const float *b, int64_t n)
 {
-    double lane[LANES] = {0};
-    int64_t i = 0;
-    if (b) {
-        for (; i + LANES <= n; i += LANES) {
-#pragma omp simd
-            for (int j = 0; j < LANES; j++) lane[j] += a[i + j] * b[i + j];
-        }
-    } else {
-        for (; i + LANES <= n; i += LANES) {
-#pragma omp simd
-            for (int j = 0; j < LANES; j++) lane[j] += a[i + j];
-        }
-    }
     double s = 0;
-    for (; i < n; i++) s += b ? a[i] * b[i] : a[i];
-    for (int j = 0; j < LANES; j++) s += lane[j];
+    if (b) {
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    } else {
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < n; i++) s += a[i];
+    }
     return s;
 }
 
@@ -124,50 +97,76 @@ static void rows_backward(const float *y, const float *dy, float *dx, int64_t ou
     }
 }
 
-/* ---- columns (inner > 1) -------------------------------------------------------------- */
+/* ---- columns (inner > 1) --------------------------------------------------------------
+ * A task takes a block of neighbouring columns through their D runs: first the column
+ * statistics (max m, exp-sum s), then one sweep that writes the output. When D is small
+ * the block stays in cache and the statistics take two sweeps (max, then exp-sum), like
+ * the rows. For a long D the block cannot stay in cache, so the two merge into one online
+ * sweep (a running max, the sum rescaled by exp(m_old - m_new) when it grows): two exps
+ * per element instead of another read from memory. */
 
-/* Task t of a [outer, D, inner] tensor cut into ncb blocks of CB columns: its n columns'
- * run d starts at element first + d * inner. */
-static void column_task(int64_t t, int64_t ncb, int64_t D, int64_t inner, int64_t *first,
-                        int64_t *n)
+enum { SHORT_D = 256 };
+
+/* Columns per task: for D <= SHORT_D a D x width block of about 256 KB (in cache), else
+ * wide blocks (long contiguous runs). */
+static int64_t block_width(int64_t outer, int64_t D, int64_t inner)
 {
-    int64_t c0 = t % ncb * CB;
-    *first = t / ncb * D * inner + c0;
-    *n = inner - c0 < CB ? inner - c0 : CB;
+    if (D > SHORT_D) return xt_reduce_col_width(outer, inner);
+    int64_t w = 65536 / (D > 0 ? D : 1) / 16 * 16;
+    return w > CB ? CB : w;
 }
 
-static void cols_forward(const float *x, float *y, int64_t outer, int64_t D, int64_t inner,
-                         bool log_mode)
+/* Task t of a [outer, D, inner] tensor cut into ncb blocks of w columns: its n columns'
+ * run d starts at element first + d * inner. */
+static void column_task(int64_t t, int64_t ncb, int64_t w, int64_t D, int64_t inner,
+                        int64_t *first, int64_t *n)
 {
-    int64_t ncb = (inner + CB - 1) / CB;
-#pragma omp parallel for schedule(static) if (outer * D * inner > XT_PARALLEL_GRAIN)
-    for (int64_t t = 0; t < outer * ncb; t++) {
-        int64_t first, n;
-        column_task(t, ncb, D, inner, &first, &n);
-        float m[CB];
-        double s[CB];
-        for (int64_t j = 0; j < n; j++) {
-            m[j] = -INFINITY;
-            s[j] = 0;
-        }
+    int64_t c0 = t % ncb * w;
+    *first = t / ncb * D * inner + c0;
+    *n = inner - c0 < w ? inner - c0 : w;
+}
+
+/* m[j], s[j]: max and sum of exp(x - max) of the n columns at x + first (runs inner apart) */
+static void column_stats(const float *x, int64_t first, int64_t n, int64_t D, int64_t inner,
+                         float *m, double *s)
+{
+    for (int64_t j = 0; j < n; j++) {
+        m[j] = -INFINITY;
+        s[j] = 0;
+    }
+    if (D <= SHORT_D) {
         for (int64_t d = 0; d < D; d++) {
             const float *p = x + first + d * inner;
             for (int64_t j = 0; j < n; j++) m[j] = p[j] > m[j] ? p[j] : m[j];
         }
         for (int64_t d = 0; d < D; d++) {
             const float *p = x + first + d * inner;
-            float *q = y + first + d * inner;
-            if (log_mode) {
-                for (int64_t j = 0; j < n; j++) s[j] += expf(p[j] - m[j]);
-            } else {
-                for (int64_t j = 0; j < n; j++) {
-                    float v = expf(p[j] - m[j]);
-                    q[j] = v;
-                    s[j] += v;
-                }
-            }
+            for (int64_t j = 0; j < n; j++) s[j] += expf(p[j] - m[j]);
         }
-        float f[CB];   /* softmax: 1/s; log_softmax: m + log(s) */
+        return;
+    }
+    for (int64_t d = 0; d < D; d++) {
+        const float *p = x + first + d * inner;
+        for (int64_t j = 0; j < n; j++) {
+            float mn = p[j] > m[j] ? p[j] : m[j];
+            /* while the max is -inf nothing has weight yet (and -inf - -inf is NaN) */
+            s[j] = mn > -INFINITY ? s[j] * expf(m[j] - mn) + expf(p[j] - mn) : 0.0;
+            m[j] = mn;
+        }
+    }
+}
+
+static void cols_forward(const float *x, float *y, int64_t outer, int64_t D, int64_t inner,
+                         bool log_mode)
+{
+    int64_t w = block_width(outer, D, inner), ncb = (inner + w - 1) / w;
+#pragma omp parallel for schedule(static) if (outer * D * inner > XT_PARALLEL_GRAIN)
+    for (int64_t t = 0; t < outer * ncb; t++) {
+        int64_t first, n;
+        column_task(t, ncb, w, D, inner, &first, &n);
+        float m[CB], f[CB];   /* f: softmax 1/s; log_softmax m + log(s) */
+        double s[CB];
+        column_stats(x, first, n, D, inner, m, s);
         for (int64_t j = 0; j < n; j++)
             f[j] = log_mode ? (float)(m[j] + log(s[j])) : (float)(1.0 / s[j]);
         for (int64_t d = 0; d < D; d++) {
@@ -176,7 +175,7 @@ static void cols_forward(const float *x, float *y, int64_t outer, int64_t D, int
             if (log_mode)
                 for (int64_t j = 0; j < n; j++) q[j] = p[j] - f[j];
             else
-                for (int64_t j = 0; j < n; j++) q[j] *= f[j];
+                for (int64_t j = 0; j < n; j++) q[j] = expf(p[j] - m[j]) * f[j];
         }
     }
 }
@@ -184,11 +183,11 @@ static void cols_forward(const float *x, float *y, int64_t outer, int64_t D, int
 static void cols_backward(const float *y, const float *dy, float *dx, int64_t outer, int64_t D,
                           int64_t inner, bool log_mode)
 {
-    int64_t ncb = (inner + CB - 1) / CB;
+    int64_t w = block_width(outer, D, inner), ncb = (inner + w - 1) / w;
 #pragma omp parallel for schedule(static) if (outer * D * inner > XT_PARALLEL_GRAIN)
     for (int64_t t = 0; t < outer * ncb; t++) {
         int64_t first, n;
-        column_task(t, ncb, D, inner, &first, &n);
+        column_task(t, ncb, w, D, inner, &first, &n);
         double s[CB];
         for (int64_t j = 0; j < n; j++) s[j] = 0;
         for (int64_t d = 0; d < D; d++) {

@@ -108,6 +108,15 @@ static void test_idx_errors(void)
     static const uint8_t huge[] = {0, 0, 8, 3, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
                                    0xFF, 0xFF, 0xFF, 0xFF};
     expect_idx_error(huge, sizeof huge, false, "huge.idx", "implausible sizes");
+    /* found by fuzz_idx: an empty tensor whose other sizes overflow its strides */
+    static const uint8_t empty_huge[] = {0, 0, 8, 3, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+                                         0xFF, 0xFF, 0xFF, 0xFF};
+    expect_idx_error(empty_huge, sizeof empty_huge, false, "empty_huge.idx", "implausible sizes");
+    static const uint8_t empty[] = {0, 0, 8, 2, 0, 0, 0, 0, 0, 0, 0, 28};
+    write_bytes(tmp_path(path, "empty.idx"), empty, sizeof empty, false);
+    xt_tensor *t = xt_read_idx(path);
+    CHECK(t && t->ndim == 2 && t->shape[0] == 0 && t->shape[1] == 28);
+    xt_tensor_release(t);
 
     /* a gzip file cut short: zlib reports the damaged stream */
     n = idx_bytes(buf, 0);

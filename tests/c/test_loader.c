@@ -5,8 +5,10 @@
  * random resized crop's fallback box, to_tensor + normalize); pipeline errors; the loader's
  * batches are the same for 0, 1 and 2 workers and any prefetch, and equal the single-image
  * transform of each sample; the shuffle depends only on (seed, epoch); drop_last; errors
- * raised in workers; abandoning an epoch and freeing the loader mid-epoch.
+ * raised in workers; abandoning an epoch and freeing the loader mid-epoch; PNG file sources
+ * (same batches as memory, a corrupt or missing file named at its batch, mixed sizes).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -719,6 +721,140 @@ static void test_abandon_and_free(void)
     xt_tensor_release(labels);
 }
 
+/* ---- file sources --------------------------------------------------------------------
+ * PNG files written here: lossless, so a file loader must give the memory loader's batches. */
+
+static char tmp_dir[64];
+
+static const char *tmp_path(const char *name)
+{
+    static char path[4][128];
+    static int next;
+    char *p = path[next++ % 4];
+    snprintf(p, sizeof path[0], "%s/%s", tmp_dir, name);
+    return p;
+}
+
+static bool write_bytes(const char *path, const void *bytes, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return false;
+    bool ok = fwrite(bytes, 1, n, f) == n;
+    return fclose(f) == 0 && ok;
+}
+
+static void test_file_source(void)
+{
+    enum { N = 14 };
+    xt_tensor *images, *labels;
+    dataset(N, 6, 5, 3, &images, &labels);
+    char names[N][128];
+    const char *paths[N];
+    bool written = true;
+    for (int64_t i = 0; i < N; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "%02d.png", (int)i);
+        snprintf(names[i], sizeof names[i], "%s", tmp_path(name));
+        paths[i] = names[i];
+        xt_tensor *one = xt_select(images, 0, i);
+        written = written && xt_image_save_png(paths[i], one) == XT_OK;
+        xt_tensor_release(one);
+    }
+    CHECK(written);
+    xt_transform pipeline[4] = {crop_tf(XT_TRANSFORM_RANDOM_CROP, 5, 5),
+                                tf_of(XT_TRANSFORM_RANDOM_HORIZONTAL_FLIP),
+                                tf_of(XT_TRANSFORM_TO_TENSOR), tf_of(XT_TRANSFORM_NORMALIZE)};
+    pipeline[0].padding[0] = 2;
+    pipeline[3].mean[0] = 0.5;
+    pipeline[3].std[0] = 0.25;
+    xt_loader_options o = options(4, 1, 0, 0);
+    epoch_result ref, got;
+    xt_loader *l = xt_loader_new_memory(images, labels, &o, 4, pipeline);
+    CHECK(run_epoch(l, 2, &ref) && ref.n_batches == 4);
+    xt_loader_free(l);
+    for (int32_t workers = 0; workers <= 2; workers += 2) {
+        o = options(4, 1, 0, workers);
+        l = xt_loader_new_files(N, paths, labels, &o, 4, pipeline);
+        CHECK(run_epoch(l, 2, &got) && same_epochs(&ref, &got));
+        epoch_free(&got);
+        xt_loader_free(l);
+    }
+    epoch_free(&ref);
+
+    /* a corrupt file fails its batch (the second, without shuffling) and names the file;
+     * the batches before it arrive */
+    uint8_t head[60];   /* the first 60 bytes of a real PNG: a truncated file */
+    FILE *f = fopen(paths[6], "rb");
+    CHECK(f && fread(head, 1, sizeof head, f) == sizeof head);
+    if (f) fclose(f);
+    CHECK(write_bytes(paths[5], head, sizeof head));
+    for (int32_t workers = 0; workers <= 2; workers++) {
+        o = options(4, 0, 0, workers);
+        l = xt_loader_new_files(N, paths, labels, &o, 0, NULL);
+        xt_tensor *in, *tg;
+        CHECK(l && xt_loader_start_epoch(l, 0) == XT_OK);
+        CHECK(xt_loader_next(l, &in, &tg) == 1);
+        xt_tensor_release(in);
+        xt_tensor_release(tg);
+        CHECK(xt_loader_next(l, &in, &tg) == -1 && test_error_has("DataLoader: sample 5") &&
+              test_error_has(paths[5]) && test_error_has("corrupt"));
+        if (workers == 0) printf("corrupt file: %s\n", xt_last_error());
+        CHECK(xt_loader_next(l, &in, &tg) == 1);   /* the third batch is fine */
+        xt_tensor_release(in);
+        xt_tensor_release(tg);
+        xt_loader_free(l);
+    }
+    /* a missing file */
+    const char *missing[2] = {paths[0], tmp_path("missing.png")};
+    xt_tensor *two_labels = xt_narrow(labels, 0, 0, 2);
+    o = options(2, 0, 0, 1);
+    l = xt_loader_new_files(2, missing, two_labels, &o, 0, NULL);
+    CHECK(l && xt_loader_start_epoch(l, 0) == XT_OK);
+    xt_tensor *in, *tg;
+    CHECK(xt_loader_next(l, &in, &tg) == -1 && test_error_has("DataLoader: sample 1") &&
+          test_error_has("missing.png"));
+    xt_loader_free(l);
+
+    /* files of different sizes: an error without a crop, a batch with one; a gray file
+     * decoded to 3 channels */
+    uint8_t gray[25];
+    for (int i = 0; i < 25; i++) gray[i] = (uint8_t)(10 * i);
+    xt_tensor *small = image_u8(5, 5, 1, gray);
+    CHECK(xt_image_save_png(tmp_path("gray.png"), small) == XT_OK);
+    const char *mixed[2] = {paths[0], tmp_path("gray.png")};
+    o = options(2, 0, 0, 0);
+    o.channels = 3;
+    l = xt_loader_new_files(2, mixed, two_labels, &o, 0, NULL);
+    CHECK(l && xt_loader_start_epoch(l, 0) == XT_OK);
+    CHECK(xt_loader_next(l, &in, &tg) == -1 &&
+          test_error_has("DataLoader: sample 1 is 3x5x5 (CxHxW) after the transforms but "
+                         "sample 0 of its batch is 3x6x5; add a resize or crop"));
+    xt_loader_free(l);
+    xt_transform crop = crop_tf(XT_TRANSFORM_CENTER_CROP, 4, 4);
+    l = xt_loader_new_files(2, mixed, two_labels, &o, 1, &crop);
+    CHECK(l && xt_loader_start_epoch(l, 0) == XT_OK);
+    CHECK(xt_loader_next(l, &in, &tg) == 1 && in->shape[0] == 2 && in->shape[1] == 3 &&
+          in->shape[2] == 4 && in->shape[3] == 4);
+    /* the gray image's [0..3, 0..3] (the offset round(0.5) is 0), in all three channels */
+    bool gray_ok = in != NULL;
+    for (int ch = 0; gray_ok && ch < 3; ch++)
+        for (int y = 0; y < 4; y++)
+            for (int x = 0; x < 4; x++)
+                gray_ok = gray_ok && fabsf(test_f32(in)[((1 * 3 + ch) * 4 + y) * 4 + x] -
+                                           gray[y * 5 + x] / 255.0f) < 1e-6f;
+    CHECK(gray_ok);
+    xt_tensor_release(in);
+    xt_tensor_release(tg);
+    xt_loader_free(l);
+    const char *with_null[2] = {paths[0], NULL};
+    CHECK(xt_loader_new_files(2, with_null, two_labels, &o, 0, NULL) == NULL &&
+          test_error_has("path 1 is NULL"));
+    xt_tensor_release(two_labels);
+    xt_tensor_release(small);
+    xt_tensor_release(images);
+    xt_tensor_release(labels);
+}
+
 int main(void)
 {
     test_seed("test_loader", SEED);
@@ -734,5 +870,14 @@ int main(void)
     test_drop_last();
     test_loader_errors();
     test_abandon_and_free();
+    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/xt_test_loader_XXXXXX");
+    if (mkdtemp(tmp_dir)) {
+        test_file_source();
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", tmp_dir);
+        CHECK(system(cmd) == 0);
+    } else {
+        CHECK(!"cannot make a temporary directory");
+    }
     return check_report("test_loader");
 }

@@ -285,6 +285,10 @@ static void test_sum_of_squares(void)
     xt_set_message_base(0);
     CHECK(isnan(xt_sum_of_squares(-1, list)) && test_error_has("negative tensor count -1"));
     CHECK(isnan(xt_sum_of_squares(2, NULL)) && test_error_has("the tensor list is NULL"));
+    /* a NaN gradient is not an error: the status says which NaN this is */
+    test_f32(b)[3] = NAN;
+    xt_tensor *nan_list[1] = {b};
+    CHECK(isnan(xt_sum_of_squares(1, nan_list)) && xt_last_status() == XT_OK);
     xt_tensor *ts[6] = {a, b, bt, e, s, l};
     for (int i = 0; i < 6; i++) xt_tensor_release(ts[i]);
 }

@@ -372,6 +372,32 @@ static void test_large_logits(void)
     }
 }
 
+/* ---- NaN is not hidden: a NaN query poisons its own row, and only that row ----------------- */
+
+static void test_nan_propagates(void)
+{
+    shape4 s = {1, 1, 70, 70, 8, 8};
+    xt_tensor *q = q_of(&s, 1), *k = k_of(&s, 1), *v = v_of(&s);
+    int64_t row = 66;
+    ((float *)q->data)[row * s.d + 3] = NAN;
+    for (int causal = 0; causal <= 1; causal++) {
+        xt_tensor *out = xt_scaled_dot_product_attention(q, k, v, causal, 0);
+        CHECK(out != NULL);
+        if (!out) continue;
+        int64_t nan_rows = 0, nan_in_row = 0;
+        for (int64_t i = 0; i < s.T; i++) {
+            bool any = false;
+            for (int64_t c = 0; c < s.dv; c++) any = any || isnan(((float *)out->data)[i * s.dv + c]);
+            nan_rows += any;
+            nan_in_row += any && i == row;
+        }
+        CHECK(nan_rows == 1 && nan_in_row == 1);
+        xt_tensor_release(out);
+    }
+    xt_tensor *ts[3] = {q, k, v};
+    for (int i = 0; i < 3; i++) xt_tensor_release(ts[i]);
+}
+
 /* ---- strided inputs ------------------------------------------------------------------------
  * Views that sdpa reads in place (heads permuted out of [B,T,H,d], a narrowed cache, keys
  * expanded over heads) and one it must copy (last dim not contiguous) give the values and
@@ -674,6 +700,7 @@ int main(void)
     test_fixtures();
     test_causality();
     test_large_logits();
+    test_nan_propagates();
     test_strided();
     test_thread_independence();
     test_autograd();

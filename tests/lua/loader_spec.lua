@@ -1,6 +1,6 @@
 -- loader_spec: xt.data.transforms (spellings, checks, applying to one image) and
 -- xt.data.DataLoader (batches, labels, epochs and seeds, workers giving identical batches,
--- drop_last, datasets without source(), errors surfacing as Lua errors).
+-- drop_last, datasets without source(), PNG file sources, errors surfacing as Lua errors).
 local xt = require 'xt'
 local data = xt.data
 local T = data.transforms
@@ -186,6 +186,41 @@ describe('DataLoader', function()
         assert.are.same({1, 2}, batches[1].target)
         assert.are.same({5}, batches[3].target)
         assert.is_true(near(batches[3].input, {{{{50 / 255, 50 / 255}, {50 / 255, 50 / 255}}}}, 1e-6))
+    end)
+
+    it('decodes file sources in the workers: PNG files give the in-memory batches', function()
+        local dir = os.tmpname()
+        os.remove(dir)
+        assert.is_true(os.execute('mkdir -p ' .. dir) == 0)
+        local small = memory_dataset(9, 6, 5, 3)
+        local paths = {}
+        for i = 1, 9 do
+            paths[i] = string.format('%s/%d.png', dir, i)
+            xt._check(xt.C.xt_image_save_png(paths[i], small.images[i]:contiguous()._c))
+        end
+        local files = {source = function()
+            return {kind = 'files', paths = paths, labels = small.labels, channels = 3}
+        end}
+        local opts = {batch_size = 4, shuffle = true, seed = 3, transform = pipeline}
+        local want = epoch_batches(data.DataLoader(small, opts))
+        for _, workers in ipairs({0, 2}) do
+            opts.workers = workers
+            assert.are.same(want, epoch_batches(data.DataLoader(files, opts)))
+        end
+        -- a truncated file: the error names it, with the sample counted from 1
+        local f = assert(io.open(paths[1], 'rb'))
+        local head = f:read(50)
+        f:close()
+        f = assert(io.open(paths[3], 'wb'))
+        f:write(head)
+        f:close()
+        local loader = data.DataLoader(files, {batch_size = 2, workers = 2})
+        local ok, err = pcall(function() for _ in loader:iter() do end end)
+        assert.is_false(ok)
+        assert.truthy(err:find('DataLoader: sample 3: ', 1, true))
+        assert.truthy(err:find(paths[3], 1, true))
+        loader:close()
+        os.execute('rm -rf ' .. dir)
     end)
 
     it('raises clear errors', function()

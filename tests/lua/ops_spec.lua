@@ -109,6 +109,10 @@ covered.scaled_dot_product_attention_dropout = true
 -- efficient_attention_spec (composition, gradcheck)
 covered.linear_attention = true
 covered.favor_features = true
+-- the AFT family: test_aft.c (plain compositions, gradchecks of every option, PyTorch fixtures)
+covered.aft_full, covered.aft_simple, covered.aft_local, covered.aft_conv = true, true, true, true
+-- DeLighT's group linear: test_group_linear.c (per-group loop composition, gradchecks)
+covered.group_linear, covered.group_linear_ex = true, true
 
 local function load_inputs(name)
     local inputs, i = {}, 1
