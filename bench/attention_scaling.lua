@@ -13,6 +13,8 @@
 --   softmax         F.scaled_dot_product_attention, causal and full        O(T^2 d)
 --   linear          F.linear_attention (elu + 1), causal and full          O(T d^2)
 --   performer       F.favor_attention, 256 random features, causal, full   O(T m d)
+--   performer_composed  the same (full) with the feature map composed of tensor ops, to
+--                   weigh the fused xt_favor_features against what it replaces
 --   linformer       F.linformer_attention, k = 256 projections (learned)   O(T k d)
 --   axial           F.axial_attention over rows, then over columns of a grid as square as T
 --                   allows (32x32 .. 128x128)                               O(T sqrt(T) d)
@@ -98,6 +100,18 @@ local cases = {
     {op = 'performer', name = 'performer m=256 full', cost = 'T', setup = function(T)
         local w = F.orthogonal_random_features(m_features, d)
         return attention_case(function(q, k, v) return F.favor_attention(q, k, v, w) end)(T)
+    end},
+    -- the fused feature map against the tensor-op composition it replaces
+    {op = 'performer_composed', name = 'performer full, phi composed', cost = 'T', setup = function(T)
+        local w = F.orthogonal_random_features(m_features, d)
+        local function features(x, dims)
+            local xs = x * d ^ -0.25
+            local u = xs:matmul(w:t()) - (xs * xs):sum(-1, true) / 2
+            return ((u - u:amax(dims, true):detach()):exp() + 1e-6) / math.sqrt(m_features)
+        end
+        return attention_case(function(q, k, v)
+            return F.linear_attention(features(q, -1), features(k, {-2, -1}), v, {feature_map = 'identity', eps = 0})
+        end)(T)
     end},
     {op = 'linformer', name = 'linformer k=256', cost = 'T', setup = function(T)
         local e = (xt.randn(k_proj, T) / math.sqrt(T)):requires_grad()
