@@ -113,6 +113,8 @@ covered.favor_features = true
 covered.aft_full, covered.aft_simple, covered.aft_local, covered.aft_conv = true, true, true, true
 -- DeLighT's group linear: test_group_linear.c (per-group loop composition, gradchecks)
 covered.group_linear, covered.group_linear_ex = true, true
+-- linear attention and the FAVOR+ features: test_attn_linear.c (dense reference, gradchecks)
+covered.linear_attention, covered.favor_features = true, true
 
 local function load_inputs(name)
     local inputs, i = {}, 1
