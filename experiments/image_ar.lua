@@ -22,8 +22,8 @@ local run = xt.experiment.start{
         limit_test = 500, samples = 16, temperature = 1,
     },
     help = {
-        attention = 'aft_full, aft_local, aft_simple, softmax or delight',
-        dim = 'model width', depth = 'blocks', heads = 'heads of softmax attention',
+        attention = 'delight, or a causal attention of nn.attention_by_name: aft_full, aft_local, aft_simple, softmax, linear, performer',
+        dim = 'model width', depth = 'blocks', heads = 'heads (softmax, linear, performer)',
         window = 'aft_local window', weight_decay = 'AdamW weight decay',
         warmup_steps = 'linear warmup steps', dataset = 'fashion_mnist or cifar10',
         samples = 'images sampled after each epoch (0: none)',
