@@ -13,6 +13,7 @@ local nn = {
 for name, cls in pairs(layers) do nn[name] = cls end
 for name, cls in pairs(require('xt.nn.attention').modules) do nn[name] = cls end
 for name, cls in pairs(require('xt.nn.aft').modules) do nn[name] = cls end
+for name, cls in pairs(require('xt.nn.sparse_attention').modules) do nn[name] = cls end
 
 -- Modules that later issues add (attention, DeLighT) register here when loaded.
 setmetatable(nn, {__index = function(t, k)
