@@ -57,6 +57,10 @@ describe('F.local_attention', function()
         compare(function(q, k, v) return F.local_attention(q, k, v, {window = 10, causal = true}) end,
                 function(i, j) return j <= i and j >= i - 9 end)
     end)
+    it('block = 16 sees its own block of 16 positions (blocked local), causal', function()
+        compare(function(q, k, v) return F.local_attention(q, k, v, {block = 16, causal = true}) end,
+                function(i, j) return j <= i and math.floor((i - 1) / 16) == math.floor((j - 1) / 16) end)
+    end)
     it('before= and after= give the sides directly', function()
         compare(function(q, k, v) return F.local_attention(q, k, v, {before = 20, after = 3}) end,
                 function(i, j) return j >= i - 20 and j <= i + 3 end)

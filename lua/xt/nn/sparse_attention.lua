@@ -2,7 +2,7 @@
 -- § 2.2-2.4), fused C ops on the tiled kernel of scaled_dot_product_attention that visit only
 -- the key tiles a pattern touches.
 --
---   F.local_attention(q, k, v, {window=, causal=, before=, after=, scale=})
+--   F.local_attention(q, k, v, {window=, causal=, before=, after=, block=, scale=})
 --   F.sparse_attention(q, k, v, {pattern='strided'|'fixed', stride=, summary=, causal=, scale=})
 --   F.global_local_attention(q, k, v, {window=, before=, after=, global=, random_blocks=,
 --                                      block=, seed=, causal=, scale=})
@@ -80,13 +80,26 @@ end
 
 ---------------------------------------------------------------------------------------------
 -- F.local_attention(q, k, v, opts): sliding-window attention; query i sees keys
--- i - before .. i + after (and none after i when causal).
-local LOCAL_OPTIONS = {window = true, before = true, after = true, causal = true, scale = true}
+-- i - before .. i + after (and none after i when causal). With block= b instead of a window:
+-- blocked local attention, query i sees the keys of its own block of b positions (the
+-- Sparse Transformer's fixed pattern without summary keys).
+local LOCAL_OPTIONS = {window = true, before = true, after = true, block = true, causal = true,
+                       scale = true}
 
 function functional.local_attention(q, k, v, opts)
     local op = 'local_attention'
     check_qkv(q, k, v, op)
     opts = check_options(opts, LOCAL_OPTIONS, op)
+    if opts.block ~= nil then
+        if opts.window ~= nil or opts.before ~= nil or opts.after ~= nil then
+            raise(op .. ': give block= or a window, not both')
+        end
+        if not positive_int(opts.block) then
+            raise(op .. ': block must be a positive integer, got ' .. tostring(opts.block))
+        end
+        return wrap(C.xt_sparse_attention(q._c, k._c, v._c, C.XT_SPARSE_FIXED, opts.block, 0,
+                                          opts.causal and 1 or 0, scale_of(opts, op)))
+    end
     local before, after = window_of(opts, op)
     return wrap(C.xt_local_attention(q._c, k._c, v._c, before, after, opts.causal and 1 or 0,
                                      scale_of(opts, op)))
