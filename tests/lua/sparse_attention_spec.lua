@@ -123,6 +123,29 @@ describe('block-sparse attention modules', function()
         check_module(nn.GlobalLocalAttention{dim = 16, heads = 2, window = 5, global = {1},
                                              random_blocks = 1, block = 16}, 100)
     end)
+    it('nn.GlobalLocalAttention with Longformer global projections', function()
+        local m = nn.GlobalLocalAttention{dim = 16, heads = 2, window = 5, global = {1, 30, 30},
+                                          global_projections = true}
+        check_module(m, 40)
+        -- the global rows are dense attention with the global projections, the rest windowed
+        xt.manual_seed(6)
+        local x = xt.randn(1, 40, 16)
+        local y = m(x)
+        local function heads(w, b, i)
+            local p = F.linear(x, w:narrow(1, (i - 1) * 16 + 1, 16), b:narrow(1, (i - 1) * 16 + 1, 16))
+            return p:view(1, 40, 2, 8):permute(1, 3, 2, 4)
+        end
+        local gw, gb = m.in_proj_global_weight, m.in_proj_global_bias
+        local sw, sb = m.in_proj_weight, m.in_proj_bias
+        local dense = F.scaled_dot_product_attention(heads(gw, gb, 1), heads(gw, gb, 2), heads(gw, gb, 3))
+        local windowed = F.global_local_attention(heads(sw, sb, 1), heads(sw, sb, 2), heads(sw, sb, 3),
+                                                  {window = 5, global = {1, 30}})
+        local rows = xt.tensor({1, 30}, 'int64')
+        local want_g = m.out_proj(dense:permute(1, 3, 2, 4):reshape(1, 40, 16)):index_select(2, rows)
+        local want_w = m.out_proj(windowed:permute(1, 3, 2, 4):reshape(1, 40, 16))
+        assert.is_true(max_diff(y:index_select(2, rows), want_g) < 1e-5)
+        assert.is_true(max_diff(y:narrow(2, 2, 28), want_w:narrow(2, 2, 28)) < 1e-5)
+    end)
 end)
 
 describe('errors', function()

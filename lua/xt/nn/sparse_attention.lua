@@ -208,7 +208,7 @@ function SparseSelfAttention:forward(x)
     local qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         :view(B, T, 3, self.heads, self.head_dim)
     local function part(i) return qkv:select(3, i):permute(1, 3, 2, 4) end
-    local out = self:attend(part(1), part(2), part(3))
+    local out = self:attend(part(1), part(2), part(3), x)
     local y = self.out_proj(out:permute(1, 3, 2, 4):reshape(B, T, self.dim))
     return unbatched and y:squeeze(1) or y
 end
@@ -257,12 +257,17 @@ function SparseAttention:extra_repr()
 end
 
 -- nn.GlobalLocalAttention{dim=, heads=, window=, global=, random_blocks=0, block=64, seed=,
---                         causal=false, bias=true}; the random blocks' seed is drawn from the
--- default generator when not given, and kept (so the pattern is fixed per layer).
+--                         global_projections=false, causal=false, bias=true}; the random
+-- blocks' seed is drawn from the default generator when not given, and kept (so the pattern
+-- is fixed per layer). global_projections=true is Longformer's second projection set
+-- (in_proj_global_weight [3*dim, dim], in_proj_global_bias): the rows of the global tokens
+-- are replaced by dense attention of their global queries over the global keys and values
+-- of every position; the other rows are as without it.
 local GlobalLocalAttention = class('GlobalLocalAttention', SparseSelfAttention)
 modules.GlobalLocalAttention = GlobalLocalAttention
 local GLOBAL_MODULE = {dim = true, heads = true, window = true, global = true,
-                       random_blocks = true, block = true, seed = true, causal = true, bias = true}
+                       random_blocks = true, block = true, seed = true, causal = true, bias = true,
+                       global_projections = true}
 
 function GlobalLocalAttention:__init(opts)
     SparseSelfAttention.__init(self, opts, 'GlobalLocalAttention', GLOBAL_MODULE)
@@ -270,11 +275,40 @@ function GlobalLocalAttention:__init(opts)
     self.window, self.global = opts.window, opts.global
     self.random_blocks, self.block = opts.random_blocks or 0, opts.block or 64
     self.seed = opts.seed or xt.randint(0, 2 ^ 31, 1):item()
+    if opts.global_projections then
+        local op = 'GlobalLocalAttention'
+        if type(opts.global) ~= 'table' or #opts.global == 0 then
+            raise(op .. ': global_projections needs global= positions (a table)')
+        end
+        if self.causal then raise(op .. ': global_projections is for non-causal attention') end
+        local seen, rows = {}, {}
+        for _, g in ipairs(opts.global) do
+            if not seen[g] then seen[g] = true; rows[#rows + 1] = g end
+        end
+        self.global_rows = rows
+        self.in_proj_global_weight = Module.Parameter(init.xavier_uniform_(xt.empty(3 * self.dim, self.dim)))
+        if opts.bias ~= false then self.in_proj_global_bias = Module.Parameter(xt.zeros(3 * self.dim)) end
+    end
 end
-function GlobalLocalAttention:attend(q, k, v)
-    return functional.global_local_attention(q, k, v, {
+function GlobalLocalAttention:attend(q, k, v, x)
+    local out = functional.global_local_attention(q, k, v, {
         window = self.window, global = self.global, random_blocks = self.random_blocks,
         block = self.block, seed = self.seed, causal = self.causal})
+    if not self.in_proj_global_weight then return out end
+    local F = require 'xt.nn.functional'
+    local B, T, G = x:size(1), x:size(2), #self.global_rows
+    local qkv = F.linear(x, self.in_proj_global_weight, self.in_proj_global_bias)
+        :view(B, T, 3, self.heads, self.head_dim)
+    local function part(i) return qkv:select(3, i):permute(1, 3, 2, 4) end
+    local rows = xt.tensor(self.global_rows, 'int64')
+    if rows:amax():item() > T then
+        raise(string.format('GlobalLocalAttention: global position %d is past the sequence (T = %d)',
+                            rows:amax():item(), T))
+    end
+    local global_out = F.scaled_dot_product_attention(part(1):index_select(3, rows), part(2), part(3))
+    -- out with the global rows replaced: add (global - windowed) at those rows
+    local index = rows:view(1, 1, G, 1):expand(B, self.heads, G, self.head_dim)
+    return out:scatter_add(3, index, global_out - out:index_select(3, rows))
 end
 function GlobalLocalAttention:extra_repr()
     local s = base_repr(self) .. ', window=' .. self.window
