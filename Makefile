@@ -17,7 +17,7 @@ build: deps
 	@cmake --build $(BUILD) -j$(JOBS)
 
 run: build
-	$(BUILD)/xlua experiments/main.lua $(RUN_ARGS)
+	$(BUILD)/xlua experiments/aft_conv_cifar.lua $(RUN_ARGS)
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)

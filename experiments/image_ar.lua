@@ -131,6 +131,10 @@ for epoch = first_epoch, cfg.epochs do
     run:save_checkpoint({model = model:state_dict(), optimizer = opt:state_dict(),
                          scheduler = sched:state_dict(), rng = xt.get_rng_state(), epoch = epoch})
     run:plot()
+    if run:should_stop(epoch) then
+        print(string.format('stopped after epoch %d; continue with --resume %s', epoch, run.dir))
+        os.exit(0)
+    end
 end
 print(string.format('final test bits/dim %.4f (%s, %s); run directory %s', test_bpd(), cfg.dataset,
                     cfg.attention, run.dir))
