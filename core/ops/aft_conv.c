@@ -34,51 +34,6 @@ typedef struct conv_geom {
     int64_t kh, kw, kk;
 } conv_geom;
 
-/* out[y,x] += f * in[y+dy, x+dx] where both positions exist. */
-static inline void shifted_axpy(float *out, const float *in, float f, int64_t H, int64_t W,
-                                int64_t dy, int64_t dx)
-{
-    int64_t y0 = dy < 0 ? -dy : 0, y1 = dy > 0 ? H - dy : H;
-    int64_t x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? W - dx : W;
-    for (int64_t y = y0; y < y1; y++) {
-        float *o = out + y * W;
-        const float *s = in + (y + dy) * W + dx;
-#pragma omp simd
-        for (int64_t x = x0; x < x1; x++) o[x] += f * s[x];
-    }
-}
-
-/* The same into a double plane. */
-static inline void shifted_axpy_d(double *out, const float *in, double f, int64_t H,
-                                  int64_t W, int64_t dy, int64_t dx)
-{
-    int64_t y0 = dy < 0 ? -dy : 0, y1 = dy > 0 ? H - dy : H;
-    int64_t x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? W - dx : W;
-    for (int64_t y = y0; y < y1; y++) {
-        double *o = out + y * W;
-        const float *s = in + (y + dy) * W + dx;
-#pragma omp simd
-        for (int64_t x = x0; x < x1; x++) o[x] += f * s[x];
-    }
-}
-
-/* sum of a[y,x] * b[y+dy, x+dx] where both positions exist. */
-static inline double shifted_dot(const float *a, const float *b, int64_t H, int64_t W,
-                                 int64_t dy, int64_t dx)
-{
-    int64_t y0 = dy < 0 ? -dy : 0, y1 = dy > 0 ? H - dy : H;
-    int64_t x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? W - dx : W;
-    double s = 0;
-    for (int64_t y = y0; y < y1; y++) {
-        const float *pa = a + y * W, *pb = b + (y + dy) * W + dx;
-        float row = 0;
-#pragma omp simd reduction(+ : row)
-        for (int64_t x = x0; x < x1; x++) row += pa[x] * pb[x];
-        s += row;
-    }
-    return s;
-}
-
 static double plane_sum(const float *x, int64_t P)
 {
     double s = 0;
@@ -125,6 +80,68 @@ static double direct_lse(const conv_geom *g, const float *kp, const float *wh, i
     return M + log(s);
 }
 
+/* ---- window sums on padded, channel-interleaved planes ---------------------------------
+ *
+ * A head's cg channels are stored interleaved, [H, W, cg] (channel fastest), inside a zero
+ * border of kh/2 rows and kw/2 columns: padded rows of li = (W + kw - 1) cg floats. A tap
+ * (i, j) of the window is then one shift of a whole row by j cg floats, so each output row
+ * of W cg floats is kh kw contiguous multiply-adds over all the head's channels at once,
+ * with no bounds tests (the border supplies the zeros). */
+
+/* out[y, t] += sum_{i,j} F[i kw + j] in[y + i, j step + t] for y < H, t < lo. */
+static void window_corr(float *out, int64_t lo, const float *in, int64_t li, const float *F,
+                        int64_t H, int64_t kh, int64_t kw, int64_t step)
+{
+    for (int64_t y = 0; y < H; y++) {
+        float *o = out + y * lo;
+        for (int64_t i = 0; i < kh; i++)
+            for (int64_t j = 0; j < kw; j++) {
+                const float *s = in + (y + i) * li + j * step, f = F[i * kw + j];
+#pragma omp simd
+                for (int64_t t = 0; t < lo; t++) o[t] += f * s[t];
+            }
+    }
+}
+
+/* dw[i kw + j] += scale[i kw + j] sum_{y,t} a[y, t] in[y + i, j step + t], a read with
+ * row stride la (rows summed in float, then in double, as the plane loops did before). */
+static void window_dot(double *dw, double sign, const float *scale, const float *a, int64_t la,
+                       int64_t lo, const float *in, int64_t li, int64_t H, int64_t kh,
+                       int64_t kw, int64_t step)
+{
+    for (int64_t i = 0; i < kh; i++)
+        for (int64_t j = 0; j < kw; j++) {
+            double s = 0;
+            for (int64_t y = 0; y < H; y++) {
+                const float *pa = a + y * la, *pb = in + (y + i) * li + j * step;
+                float row = 0;
+#pragma omp simd reduction(+ : row)
+                for (int64_t t = 0; t < lo; t++) row += pa[t] * pb[t];
+                s += row;
+            }
+            dw[i * kw + j] += sign * (double)scale[i * kw + j] * s;
+        }
+}
+
+/* Padded interleaved layout of one head: rows, row length and the interior's origin. */
+typedef struct pad_geom {
+    int64_t Hp, li, origin; /* origin: offset of position (0,0) */
+} pad_geom;
+
+static pad_geom pad_layout(const conv_geom *g, int64_t cg)
+{
+    int64_t Wp = g->W + g->kw - 1;
+    pad_geom pg = {g->H + g->kh - 1, Wp * cg, 0};
+    pg.origin = (g->kh / 2) * pg.li + (g->kw / 2) * cg;
+    return pg;
+}
+
+/* The kernel reversed, for the transposed correlation (conv^T). */
+static void flip_kernel(const conv_geom *g, const float *F, float *Ff)
+{
+    for (int64_t d = 0; d < g->kk; d++) Ff[d] = F[g->kk - 1 - d];
+}
+
 /* ---- forward -------------------------------------------------------------------------- */
 
 /* One (b, head): y and A for its channels, lam [P] = log(den) relative to m + r. */
@@ -132,49 +149,75 @@ static void conv_forward_head(const conv_geom *g, const float *q, const float *k
                               const float *v, const float *wh, float *y, float *A, float *lam,
                               float *scratch, double *dscratch)
 {
-    int64_t P = g->P, H = g->H, W = g->W;
-    float *E = scratch, *X = E + P, *num = X + P, *F = num + P, *ew = F + g->kk;
-    double *cnt = dscratch, *inw = cnt + P;
+    int64_t P = g->P, H = g->H, W = g->W, cg = g->cg;
+    pad_geom pc = pad_layout(g, cg), p1 = pad_layout(g, 1);
+    float *E = scratch, *F = E + P, *ew = F + g->kk, *X = ew + g->kk; /* X padded [Hp, li] */
+    float *num = X + pc.Hp * pc.li;                                    /* [P, cg] */
+    float *invd = num + P * cg, *nc = invd + P; /* 1/den (0: direct output); a num plane */
+    double *Ed = dscratch, *cnt = Ed + p1.Hp * p1.li, *inw = cnt + P;
     float r, m = head_setup(g, kp, wh, E, F, ew, &r);
     double osc = exp(-(double)r), S = plane_sum(E, P);
 
-    /* den = exp(-r) (S - window keys) + window keys weighted by exp(w - r) */
+    /* den = exp(-r) (S - window keys) + window keys weighted by exp(w - r), in double */
+    memset(Ed, 0, sizeof(double) * (size_t)(p1.Hp * p1.li));
+    for (int64_t yy = 0; yy < H; yy++)
+        for (int64_t x = 0; x < W; x++) Ed[p1.origin + yy * p1.li + x] = E[yy * W + x];
     for (int64_t p = 0; p < P; p++) cnt[p] = inw[p] = 0;
-    for (int64_t i = 0; i < g->kh; i++)
-        for (int64_t j = 0; j < g->kw; j++) {
-            int64_t dy = i - g->kh / 2, dx = j - g->kw / 2;
-            shifted_axpy_d(cnt, E, 1.0, H, W, dy, dx);
-            shifted_axpy_d(inw, E, ew[i * g->kw + j], H, W, dy, dx);
-        }
+    for (int64_t yy = 0; yy < H; yy++)
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) {
+                const double *s = Ed + (yy + i) * p1.li + j;
+                double f = ew[i * g->kw + j], *c = cnt + yy * W, *n = inw + yy * W;
+#pragma omp simd
+                for (int64_t x = 0; x < W; x++) {
+                    c[x] += s[x];
+                    n[x] += f * s[x];
+                }
+            }
     int64_t flagged = 0;
+#pragma omp simd reduction(+ : flagged)
     for (int64_t p = 0; p < P; p++) {
         double out = S - cnt[p], den = osc * (out > 0 ? out : 0) + inw[p];
         bool ok = den >= AFT_TINY;
-        lam[p] = ok ? (float)log(den) : (float)(direct_lse(g, kp, wh, p) - m - r);
-        cnt[p] = ok ? den : 0; /* now den, or 0 for a direct output */
+        lam[p] = aft_log(ok ? (float)den : 1.0f);
+        invd[p] = ok ? (float)(1.0 / den) : 0.0f;
         flagged += !ok;
     }
-    for (int64_t c = 0; c < g->cg; c++) {
-        const float *vc = v + c * P, *qc = q + c * P;
-        float *yc = y + c * P, *ac = A + c * P;
+    for (int64_t p = 0; p < P && flagged; p++)
+        if (invd[p] == 0) lam[p] = (float)(direct_lse(g, kp, wh, p) - m - r);
+
+    /* X = E V, interleaved and padded; num starts at the global term exp(-r) sum_p X,
+     * one row of it built first and copied to the others */
+    memset(X, 0, sizeof(float) * (size_t)(pc.Hp * pc.li));
+    for (int64_t c = 0; c < cg; c++) {
+        const float *vc = v + c * P;
+        float *xc = X + pc.origin + c;
 #pragma omp simd
-        for (int64_t p = 0; p < P; p++) X[p] = E[p] * vc[p];
-        float sv = (float)(osc * plane_sum(X, P));
-        for (int64_t p = 0; p < P; p++) num[p] = sv;
-        for (int64_t i = 0; i < g->kh; i++)
-            for (int64_t j = 0; j < g->kw; j++)
-                shifted_axpy(num, X, F[i * g->kw + j], H, W, i - g->kh / 2, j - g->kw / 2);
+        for (int64_t p = 0; p < P; p++) nc[p] = E[p] * vc[p];
+        float s = (float)(osc * plane_sum(nc, P));
+        for (int64_t yy = 0; yy < H; yy++)
+            for (int64_t x = 0; x < W; x++) xc[yy * pc.li + x * cg] = nc[yy * W + x];
+        for (int64_t x = 0; x < W; x++) num[x * cg + c] = s;
+    }
+    for (int64_t yy = 1; yy < H; yy++) memcpy(num + yy * W * cg, num, sizeof(float) * (size_t)(W * cg));
+    window_corr(num, W * cg, X, pc.li, F, H, g->kh, g->kw, cg);
+
+    for (int64_t c = 0; c < cg; c++) {
+        const float *qc = q + c * P;
+        float *yc = y + c * P, *ac = A + c * P;
+        for (int64_t p = 0; p < P; p++) nc[p] = num[p * cg + c];
+#pragma omp simd
         for (int64_t p = 0; p < P; p++) {
-            float a = cnt[p] > 0 ? (float)(num[p] / cnt[p]) : 0.0f;
+            float a = invd[p] > 0 ? nc[p] * invd[p] : 0.0f;
             ac[p] = a;
             yc[p] = aft_sigmoid(qc[p]) * a;
         }
     }
     if (flagged == 0) return;
     for (int64_t p = 0; p < P; p++) {
-        if (cnt[p] > 0) continue;
+        if (invd[p] > 0) continue;
         double L = (double)lam[p] + m + r;
-        for (int64_t c = 0; c < g->cg; c++) {
+        for (int64_t c = 0; c < cg; c++) {
             const float *vc = v + c * P;
             double n = 0;
             for (int64_t pk = 0; pk < P; pk++)
@@ -185,14 +228,24 @@ static void conv_forward_head(const conv_geom *g, const float *q, const float *k
     }
 }
 
-/* Scratch per thread: floats and doubles. */
-static int64_t conv_scratch_floats(const conv_geom *g) { return 8 * g->P + 2 * g->kk; }
+/* Scratch per thread, floats (forward or backward, whichever needs more) and doubles. */
+static int64_t conv_scratch_floats(const conv_geom *g)
+{
+    pad_geom pc = pad_layout(g, g->cg), p1 = pad_layout(g, 1);
+    return 2 * pc.Hp * pc.li + 2 * g->P * g->cg + 2 * p1.Hp * p1.li + 8 * g->P + 3 * g->kk;
+}
+
+static int64_t conv_scratch_doubles(const conv_geom *g)
+{
+    pad_geom p1 = pad_layout(g, 1);
+    return p1.Hp * p1.li + 2 * g->P + g->cg;
+}
 
 static xt_status conv_forward(const conv_geom *g, const float *q, const float *k, const float *v,
                               const float *w, float *y, float *A, float *lam)
 {
     int nt = omp_get_max_threads();
-    int64_t nf = conv_scratch_floats(g), nd = 2 * g->P;
+    int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g);
     xt_tensor *hold[2] = {NULL, NULL};
     float *scratch = aft_buffer(&hold[0], nf * nt);
     double *dscratch = (double *)aft_buffer(&hold[1], 2 * nd * nt);
@@ -225,67 +278,90 @@ typedef struct conv_grads {
 static void conv_backward_head(const conv_geom *g, const float *q, const float *kp,
                                const float *v, const float *wh, const float *A,
                                const float *lam, const float *G, float *dq, float *dkp,
-                               float *dv, double *dw, float *scratch)
+                               float *dv, double *dw, float *scratch, double *dscratch)
 {
-    int64_t P = g->P, H = g->H, W = g->W, kk = g->kk;
-    float *E = scratch, *X = E + P, *hn = X + P, *U = hn + P, *a = U + P, *vu = a + P;
-    float *ua = vu + P, *inv = ua + P, *F = inv + P, *ew = F + kk;
+    int64_t P = g->P, H = g->H, W = g->W, kk = g->kk, cg = g->cg;
+    pad_geom pc = pad_layout(g, cg), p1 = pad_layout(g, 1);
+    int64_t npc = pc.Hp * pc.li, np1 = p1.Hp * p1.li;
+    float *E = scratch, *F = E + P, *ew = F + kk, *Ff = ew + kk, *inv = Ff + kk, *vu = inv + P;
+    float *ua = vu + P, *Hn = ua + P; /* Hn: G sigmoid(q) / den, padded interleaved */
+    float *X = Hn + npc;              /* E V, padded interleaved */
+    float *U = X + npc;               /* [P, cg] */
+    float *a = U + P * cg, *Ep = a + np1; /* a and E padded, single planes */
+    double *hs = dscratch;            /* [cg] */
     float r, m = head_setup(g, kp, wh, E, F, ew, &r);
-    float osc = expf(-r);
+    double osc = exp(-(double)r);
     bool need_kv = dkp || dv;
+    flip_kernel(g, F, Ff);
     int64_t flagged = 0;
     for (int64_t p = 0; p < P; p++) {
         bool ok = lam[p] >= AFT_LOG_TINY;
         inv[p] = ok ? aft_exp(-lam[p]) : 0.0f; /* direct outputs are handled below */
         flagged += !ok;
-        a[p] = 0;
         vu[p] = 0;
     }
-    for (int64_t c = 0; c < g->cg; c++) {
-        const float *qc = q + c * P, *gc = G + c * P, *ac = A + c * P, *vc = v + c * P;
-#pragma omp simd
-        for (int64_t p = 0; p < P; p++) {
-            float s = aft_sigmoid(qc[p]);
-            if (dq) dq[c * P + p] = gc[p] * ac[p] * s * (1.0f - s);
-            hn[p] = gc[p] * s * inv[p];
-            a[p] += hn[p] * ac[p];
-        }
-        if (!need_kv && !dw) continue;
-        if (need_kv) {
-            float hs = (float)(osc * plane_sum(hn, P));
-            for (int64_t p = 0; p < P; p++) U[p] = hs;
-            for (int64_t i = 0; i < g->kh; i++)
-                for (int64_t j = 0; j < g->kw; j++)
-                    shifted_axpy(U, hn, F[i * g->kw + j], H, W, g->kh / 2 - i, g->kw / 2 - j);
+    memset(Hn, 0, sizeof(float) * (size_t)npc);
+    memset(a, 0, sizeof(float) * (size_t)np1);
+    float *ai = a + p1.origin; /* a's interior, rows of p1.li */
+    for (int64_t c = 0; c < cg; c++) {
+        const float *qc = q + c * P, *gc = G + c * P, *ac = A + c * P;
+        float *hc = Hn + pc.origin + c;
+        double s_h = 0;
+        for (int64_t yy = 0; yy < H; yy++)
+#pragma omp simd reduction(+ : s_h)
+            for (int64_t x = 0; x < W; x++) {
+                int64_t p = yy * W + x;
+                float s = aft_sigmoid(qc[p]);
+                if (dq) dq[c * P + p] = gc[p] * ac[p] * s * (1.0f - s);
+                float h = gc[p] * s * inv[p];
+                hc[yy * pc.li + x * cg] = h;
+                ai[yy * p1.li + x] += h * ac[p];
+                s_h += h;
+            }
+        hs[c] = osc * s_h;
+    }
+    if (need_kv) {
+        /* U = exp(-r) sum_p Hn + conv^T(Hn, F'); dV = E U, vu = sum_c V U */
+        for (int64_t p = 0; p < P; p++)
+            for (int64_t c = 0; c < cg; c++) U[p * cg + c] = (float)hs[c];
+        window_corr(U, W * cg, Hn, pc.li, Ff, H, g->kh, g->kw, cg);
+        for (int64_t c = 0; c < cg; c++) {
+            const float *vc = v + c * P;
 #pragma omp simd
             for (int64_t p = 0; p < P; p++) {
-                if (dv) dv[c * P + p] = E[p] * U[p];
-                vu[p] += vc[p] * U[p];
+                float u = U[p * cg + c];
+                if (dv) dv[c * P + p] = E[p] * u;
+                vu[p] += vc[p] * u;
             }
         }
-        if (dw) {
-#pragma omp simd
-            for (int64_t p = 0; p < P; p++) X[p] = E[p] * vc[p];
-            for (int64_t i = 0; i < g->kh; i++)
-                for (int64_t j = 0; j < g->kw; j++)
-                    dw[i * g->kw + j] += (double)ew[i * g->kw + j] *
-                                         shifted_dot(hn, X, H, W, i - g->kh / 2, j - g->kw / 2);
+    }
+    if (dw) {
+        /* + exp(w - r) sum_p sum_c Hn_p V_{p+d} E_{p+d} */
+        memset(X, 0, sizeof(float) * (size_t)npc);
+        for (int64_t c = 0; c < cg; c++) {
+            const float *vc = v + c * P;
+            float *xc = X + pc.origin + c;
+            for (int64_t yy = 0; yy < H; yy++)
+                for (int64_t x = 0; x < W; x++) xc[yy * pc.li + x * cg] = E[yy * W + x] * vc[yy * W + x];
         }
+        window_dot(dw, 1.0, ew, Hn + pc.origin, pc.li, W * cg, X, pc.li, H, g->kh, g->kw, cg);
     }
     if (dkp) {
-        float as = (float)(osc * plane_sum(a, P));
-        for (int64_t p = 0; p < P; p++) ua[p] = as;
-        for (int64_t i = 0; i < g->kh; i++)
-            for (int64_t j = 0; j < g->kw; j++)
-                shifted_axpy(ua, a, F[i * g->kw + j], H, W, g->kh / 2 - i, g->kw / 2 - j);
+        double as = 0;
+        for (int64_t yy = 0; yy < H; yy++)
+            for (int64_t x = 0; x < W; x++) as += ai[yy * p1.li + x];
+        for (int64_t p = 0; p < P; p++) ua[p] = (float)(osc * as);
+        window_corr(ua, W, a, p1.li, Ff, H, g->kh, g->kw, 1);
 #pragma omp simd
         for (int64_t p = 0; p < P; p++) dkp[p] = E[p] * (vu[p] - ua[p]);
     }
-    if (dw)
-        for (int64_t i = 0; i < g->kh; i++)
-            for (int64_t j = 0; j < g->kw; j++)
-                dw[i * g->kw + j] -= (double)ew[i * g->kw + j] *
-                                     shifted_dot(a, E, H, W, i - g->kh / 2, j - g->kw / 2);
+    if (dw) {
+        /* - exp(w - r) sum_p a_p E_{p+d} */
+        memset(Ep, 0, sizeof(float) * (size_t)np1);
+        for (int64_t yy = 0; yy < H; yy++)
+            for (int64_t x = 0; x < W; x++) Ep[p1.origin + yy * p1.li + x] = E[yy * W + x];
+        window_dot(dw, -1.0, ew, ai, p1.li, W, Ep, p1.li, H, g->kh, g->kw, 1);
+    }
     if (flagged == 0) return;
     /* direct sums for the outputs whose den underflowed: alpha = exp(k + w' - L) */
     for (int64_t p = 0; p < P; p++) {
@@ -314,10 +390,14 @@ static xt_status conv_backward(const conv_geom *g, const float *q, const float *
                                const float *G, conv_grads d)
 {
     int nt = omp_get_max_threads();
-    int64_t nf = conv_scratch_floats(g);
-    xt_tensor *hold = NULL;
-    float *scratch = aft_buffer(&hold, nf * nt);
-    if (!scratch) return xt_last_status();
+    int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g);
+    xt_tensor *hold[2] = {NULL, NULL};
+    float *scratch = aft_buffer(&hold[0], nf * nt);
+    double *dscratch = (double *)aft_buffer(&hold[1], 2 * nd * nt);
+    if (!scratch || !dscratch) {
+        aft_release(2, hold);
+        return xt_last_status();
+    }
     int64_t tasks = g->B * g->heads;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) \
     if (g->B * g->C * g->P * g->kk > XT_PARALLEL_GRAIN)
@@ -327,9 +407,10 @@ static xt_status conv_backward(const conv_geom *g, const float *q, const float *
         conv_backward_head(g, q + off, k + koff, v + off, w + i * g->kk, A + off, lam + koff,
                            G + off, d.dq ? d.dq + off : NULL, d.dk ? d.dk + koff : NULL,
                            d.dv ? d.dv + off : NULL, d.dw ? d.dw + task * g->kk : NULL,
-                           scratch + omp_get_thread_num() * nf);
+                           scratch + omp_get_thread_num() * nf,
+                           dscratch + omp_get_thread_num() * nd);
     }
-    xt_tensor_release(hold);
+    aft_release(2, hold);
     return XT_OK;
 }
 
