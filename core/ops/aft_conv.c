@@ -232,7 +232,8 @@ static void conv_forward_head(const conv_geom *g, const float *q, const float *k
 static int64_t conv_scratch_floats(const conv_geom *g)
 {
     pad_geom pc = pad_layout(g, g->cg), p1 = pad_layout(g, 1);
-    return 2 * pc.Hp * pc.li + 2 * g->P * g->cg + 2 * p1.Hp * p1.li + 8 * g->P + 3 * g->kk;
+    return 2 * pc.Hp * pc.li + 2 * g->P * g->cg + 2 * p1.Hp * p1.li + 8 * g->P + 3 * g->kk +
+           g->cg;
 }
 
 static int64_t conv_scratch_doubles(const conv_geom *g)
@@ -278,7 +279,7 @@ typedef struct conv_grads {
 static void conv_backward_head(const conv_geom *g, const float *q, const float *kp,
                                const float *v, const float *wh, const float *A,
                                const float *lam, const float *G, float *dq, float *dkp,
-                               float *dv, double *dw, float *scratch, double *dscratch)
+                               float *dv, double *dw, float *scratch)
 {
     int64_t P = g->P, H = g->H, W = g->W, kk = g->kk, cg = g->cg;
     pad_geom pc = pad_layout(g, cg), p1 = pad_layout(g, 1);
@@ -288,7 +289,8 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
     float *X = Hn + npc;              /* E V, padded interleaved */
     float *U = X + npc;               /* [P, cg] */
     float *a = U + P * cg, *Ep = a + np1; /* a and E padded, single planes */
-    double *hs = dscratch;            /* [cg] */
+    float *ap = Ep + np1, *nc = ap + P;   /* a, and one channel's plane */
+    float *hs = nc + P;                   /* [cg] */
     float r, m = head_setup(g, kp, wh, E, F, ew, &r);
     double osc = exp(-(double)r);
     bool need_kv = dkp || dv;
@@ -301,37 +303,35 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
         vu[p] = 0;
     }
     memset(Hn, 0, sizeof(float) * (size_t)npc);
-    memset(a, 0, sizeof(float) * (size_t)np1);
-    float *ai = a + p1.origin; /* a's interior, rows of p1.li */
+    for (int64_t p = 0; p < P; p++) ap[p] = 0;
     for (int64_t c = 0; c < cg; c++) {
         const float *qc = q + c * P, *gc = G + c * P, *ac = A + c * P;
         float *hc = Hn + pc.origin + c;
-        double s_h = 0;
+#pragma omp simd
+        for (int64_t p = 0; p < P; p++) {
+            float s = aft_sigmoid(qc[p]);
+            if (dq) dq[c * P + p] = gc[p] * ac[p] * s * (1.0f - s);
+            float h = gc[p] * s * inv[p];
+            nc[p] = h;
+            ap[p] += h * ac[p];
+        }
+        hs[c] = (float)(osc * plane_sum(nc, P));
         for (int64_t yy = 0; yy < H; yy++)
-#pragma omp simd reduction(+ : s_h)
-            for (int64_t x = 0; x < W; x++) {
-                int64_t p = yy * W + x;
-                float s = aft_sigmoid(qc[p]);
-                if (dq) dq[c * P + p] = gc[p] * ac[p] * s * (1.0f - s);
-                float h = gc[p] * s * inv[p];
-                hc[yy * pc.li + x * cg] = h;
-                ai[yy * p1.li + x] += h * ac[p];
-                s_h += h;
-            }
-        hs[c] = osc * s_h;
+            for (int64_t x = 0; x < W; x++) hc[yy * pc.li + x * cg] = nc[yy * W + x];
     }
     if (need_kv) {
         /* U = exp(-r) sum_p Hn + conv^T(Hn, F'); dV = E U, vu = sum_c V U */
-        for (int64_t p = 0; p < P; p++)
-            for (int64_t c = 0; c < cg; c++) U[p * cg + c] = (float)hs[c];
+        for (int64_t x = 0; x < W; x++)
+            for (int64_t c = 0; c < cg; c++) U[x * cg + c] = hs[c];
+        for (int64_t yy = 1; yy < H; yy++) memcpy(U + yy * W * cg, U, sizeof(float) * (size_t)(W * cg));
         window_corr(U, W * cg, Hn, pc.li, Ff, H, g->kh, g->kw, cg);
         for (int64_t c = 0; c < cg; c++) {
             const float *vc = v + c * P;
+            for (int64_t p = 0; p < P; p++) nc[p] = U[p * cg + c];
 #pragma omp simd
             for (int64_t p = 0; p < P; p++) {
-                float u = U[p * cg + c];
-                if (dv) dv[c * P + p] = E[p] * u;
-                vu[p] += vc[p] * u;
+                if (dv) dv[c * P + p] = E[p] * nc[p];
+                vu[p] += vc[p] * nc[p];
             }
         }
     }
@@ -341,15 +341,19 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
         for (int64_t c = 0; c < cg; c++) {
             const float *vc = v + c * P;
             float *xc = X + pc.origin + c;
+#pragma omp simd
+            for (int64_t p = 0; p < P; p++) nc[p] = E[p] * vc[p];
             for (int64_t yy = 0; yy < H; yy++)
-                for (int64_t x = 0; x < W; x++) xc[yy * pc.li + x * cg] = E[yy * W + x] * vc[yy * W + x];
+                for (int64_t x = 0; x < W; x++) xc[yy * pc.li + x * cg] = nc[yy * W + x];
         }
         window_dot(dw, 1.0, ew, Hn + pc.origin, pc.li, W * cg, X, pc.li, H, g->kh, g->kw, cg);
     }
+    /* a, padded */
+    memset(a, 0, sizeof(float) * (size_t)np1);
+    float *ai = a + p1.origin; /* a's interior, rows of p1.li */
+    for (int64_t yy = 0; yy < H; yy++) memcpy(ai + yy * p1.li, ap + yy * W, sizeof(float) * (size_t)W);
     if (dkp) {
-        double as = 0;
-        for (int64_t yy = 0; yy < H; yy++)
-            for (int64_t x = 0; x < W; x++) as += ai[yy * p1.li + x];
+        double as = plane_sum(ap, P);
         for (int64_t p = 0; p < P; p++) ua[p] = (float)(osc * as);
         window_corr(ua, W, a, p1.li, Ff, H, g->kh, g->kw, 1);
 #pragma omp simd
@@ -390,14 +394,10 @@ static xt_status conv_backward(const conv_geom *g, const float *q, const float *
                                const float *G, conv_grads d)
 {
     int nt = omp_get_max_threads();
-    int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g);
-    xt_tensor *hold[2] = {NULL, NULL};
-    float *scratch = aft_buffer(&hold[0], nf * nt);
-    double *dscratch = (double *)aft_buffer(&hold[1], 2 * nd * nt);
-    if (!scratch || !dscratch) {
-        aft_release(2, hold);
-        return xt_last_status();
-    }
+    int64_t nf = conv_scratch_floats(g);
+    xt_tensor *hold = NULL;
+    float *scratch = aft_buffer(&hold, nf * nt);
+    if (!scratch) return xt_last_status();
     int64_t tasks = g->B * g->heads;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) \
     if (g->B * g->C * g->P * g->kk > XT_PARALLEL_GRAIN)
@@ -407,10 +407,9 @@ static xt_status conv_backward(const conv_geom *g, const float *q, const float *
         conv_backward_head(g, q + off, k + koff, v + off, w + i * g->kk, A + off, lam + koff,
                            G + off, d.dq ? d.dq + off : NULL, d.dk ? d.dk + koff : NULL,
                            d.dv ? d.dv + off : NULL, d.dw ? d.dw + task * g->kk : NULL,
-                           scratch + omp_get_thread_num() * nf,
-                           dscratch + omp_get_thread_num() * nd);
+                           scratch + omp_get_thread_num() * nf);
     }
-    aft_release(2, hold);
+    xt_tensor_release(hold);
     return XT_OK;
 }
 
