@@ -103,23 +103,22 @@ static void window_corr(float *out, int64_t lo, const float *in, int64_t li, con
     }
 }
 
-/* dw[i kw + j] += scale[i kw + j] sum_{y,t} a[y, t] in[y + i, j step + t], a read with
- * row stride la (rows summed in float, then in double, as the plane loops did before). */
+/* dw[i kw + j] += sign scale[i kw + j] sum_{y,t} a[y, t] in[y + i, j step + t], a read with
+ * row stride la. Each lane t of acc [lo] sums its column over the rows in float, then the
+ * lanes are summed in double. */
 static void window_dot(double *dw, double sign, const float *scale, const float *a, int64_t la,
                        int64_t lo, const float *in, int64_t li, int64_t H, int64_t kh,
-                       int64_t kw, int64_t step)
+                       int64_t kw, int64_t step, float *acc)
 {
     for (int64_t i = 0; i < kh; i++)
         for (int64_t j = 0; j < kw; j++) {
-            double s = 0;
+            for (int64_t t = 0; t < lo; t++) acc[t] = 0;
             for (int64_t y = 0; y < H; y++) {
                 const float *pa = a + y * la, *pb = in + (y + i) * li + j * step;
-                float row = 0;
-#pragma omp simd reduction(+ : row)
-                for (int64_t t = 0; t < lo; t++) row += pa[t] * pb[t];
-                s += row;
+#pragma omp simd
+                for (int64_t t = 0; t < lo; t++) acc[t] += pa[t] * pb[t];
             }
-            dw[i * kw + j] += sign * (double)scale[i * kw + j] * s;
+            dw[i * kw + j] += sign * (double)scale[i * kw + j] * plane_sum(acc, lo);
         }
 }
 
@@ -232,7 +231,7 @@ static void conv_forward_head(const conv_geom *g, const float *q, const float *k
 static int64_t conv_scratch_floats(const conv_geom *g)
 {
     pad_geom pc = pad_layout(g, g->cg), p1 = pad_layout(g, 1);
-    return 2 * pc.Hp * pc.li + 2 * g->P * g->cg + 2 * p1.Hp * p1.li + 8 * g->P + 3 * g->kk +
+    return 2 * pc.Hp * pc.li + 3 * g->P * g->cg + 2 * p1.Hp * p1.li + 8 * g->P + 3 * g->kk +
            g->cg;
 }
 
@@ -289,8 +288,8 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
     float *X = Hn + npc;              /* E V, padded interleaved */
     float *U = X + npc;               /* [P, cg] */
     float *a = U + P * cg, *Ep = a + np1; /* a and E padded, single planes */
-    float *ap = Ep + np1, *nc = ap + P;   /* a, and one channel's plane */
-    float *hs = nc + P;                   /* [cg] */
+    float *ap = Ep + np1, *nc = ap + P;   /* a; one channel's plane (or a row of U) */
+    float *hs = nc + P * cg;              /* [cg] */
     float r, m = head_setup(g, kp, wh, E, F, ew, &r);
     double osc = exp(-(double)r);
     bool need_kv = dkp || dv;
@@ -346,7 +345,7 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
             for (int64_t yy = 0; yy < H; yy++)
                 for (int64_t x = 0; x < W; x++) xc[yy * pc.li + x * cg] = nc[yy * W + x];
         }
-        window_dot(dw, 1.0, ew, Hn + pc.origin, pc.li, W * cg, X, pc.li, H, g->kh, g->kw, cg);
+        window_dot(dw, 1.0, ew, Hn + pc.origin, pc.li, W * cg, X, pc.li, H, g->kh, g->kw, cg, nc);
     }
     /* a, padded */
     memset(a, 0, sizeof(float) * (size_t)np1);
@@ -364,7 +363,7 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
         memset(Ep, 0, sizeof(float) * (size_t)np1);
         for (int64_t yy = 0; yy < H; yy++)
             for (int64_t x = 0; x < W; x++) Ep[p1.origin + yy * p1.li + x] = E[yy * W + x];
-        window_dot(dw, -1.0, ew, ai, p1.li, W, Ep, p1.li, H, g->kh, g->kw, 1);
+        window_dot(dw, -1.0, ew, ai, p1.li, W, Ep, p1.li, H, g->kh, g->kw, 1, nc);
     }
     if (flagged == 0) return;
     /* direct sums for the outputs whose den underflowed: alpha = exp(k + w' - L) */
