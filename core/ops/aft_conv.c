@@ -88,17 +88,33 @@ static double direct_lse(const conv_geom *g, const float *kp, const float *wh, i
  * of W cg floats is kh kw contiguous multiply-adds over all the head's channels at once,
  * with no bounds tests (the border supplies the zeros). */
 
-/* out[y, t] += sum_{i,j} F[i kw + j] in[y + i, j step + t] for y < H, t < lo. */
+/* out[y, t] += sum_{i,j} F[i kw + j] in[y + i, j step + t] for y < H, t < lo. An output
+ * row goes in blocks of CORR_BLOCK floats that stay in registers over all the taps. */
+#define CORR_BLOCK 16
+
 static void window_corr(float *out, int64_t lo, const float *in, int64_t li, const float *F,
                         int64_t H, int64_t kh, int64_t kw, int64_t step)
 {
     for (int64_t y = 0; y < H; y++) {
         float *o = out + y * lo;
-        for (int64_t i = 0; i < kh; i++)
-            for (int64_t j = 0; j < kw; j++) {
-                const float *s = in + (y + i) * li + j * step, f = F[i * kw + j];
+        const float *row = in + y * li;
+        int64_t t0 = 0;
+        for (; t0 + CORR_BLOCK <= lo; t0 += CORR_BLOCK) {
+            float acc[CORR_BLOCK];
+            memcpy(acc, o + t0, sizeof acc);
+            for (int64_t i = 0; i < kh; i++)
+                for (int64_t j = 0; j < kw; j++) {
+                    const float *s = row + i * li + j * step + t0, f = F[i * kw + j];
 #pragma omp simd
-                for (int64_t t = 0; t < lo; t++) o[t] += f * s[t];
+                    for (int64_t t = 0; t < CORR_BLOCK; t++) acc[t] += f * s[t];
+                }
+            memcpy(o + t0, acc, sizeof acc);
+        }
+        for (int64_t i = 0; i < kh && t0 < lo; i++)
+            for (int64_t j = 0; j < kw; j++) {
+                const float *s = row + i * li + j * step, f = F[i * kw + j];
+#pragma omp simd
+                for (int64_t t = t0; t < lo; t++) o[t] += f * s[t];
             }
     }
 }
