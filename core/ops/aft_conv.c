@@ -120,21 +120,37 @@ static void window_corr(float *out, int64_t lo, const float *in, int64_t li, con
 }
 
 /* dw[i kw + j] += sign scale[i kw + j] sum_{y,t} a[y, t] in[y + i, j step + t], a read with
- * row stride la. Each lane t of acc [lo] sums its column over the rows in float, then the
- * lanes are summed in double. */
+ * row stride la. Each lane of a block of CORR_BLOCK columns sums over the rows in float (in
+ * registers), the lanes are then summed in double; columns past the last block go through
+ * acc [lo] the same way. */
 static void window_dot(double *dw, double sign, const float *scale, const float *a, int64_t la,
                        int64_t lo, const float *in, int64_t li, int64_t H, int64_t kh,
                        int64_t kw, int64_t step, float *acc)
 {
+    int64_t blocked = lo - lo % CORR_BLOCK;
     for (int64_t i = 0; i < kh; i++)
         for (int64_t j = 0; j < kw; j++) {
-            for (int64_t t = 0; t < lo; t++) acc[t] = 0;
-            for (int64_t y = 0; y < H; y++) {
-                const float *pa = a + y * la, *pb = in + (y + i) * li + j * step;
+            const float *base = in + i * li + j * step;
+            double s = 0;
+            for (int64_t t0 = 0; t0 < blocked; t0 += CORR_BLOCK) {
+                float blk[CORR_BLOCK] = {0};
+                for (int64_t y = 0; y < H; y++) {
+                    const float *pa = a + y * la + t0, *pb = base + y * li + t0;
 #pragma omp simd
-                for (int64_t t = 0; t < lo; t++) acc[t] += pa[t] * pb[t];
+                    for (int64_t t = 0; t < CORR_BLOCK; t++) blk[t] += pa[t] * pb[t];
+                }
+                s += plane_sum(blk, CORR_BLOCK);
             }
-            dw[i * kw + j] += sign * (double)scale[i * kw + j] * plane_sum(acc, lo);
+            if (blocked < lo) {
+                for (int64_t t = blocked; t < lo; t++) acc[t] = 0;
+                for (int64_t y = 0; y < H; y++) {
+                    const float *pa = a + y * la, *pb = base + y * li;
+#pragma omp simd
+                    for (int64_t t = blocked; t < lo; t++) acc[t] += pa[t] * pb[t];
+                }
+                s += plane_sum(acc + blocked, lo - blocked);
+            }
+            dw[i * kw + j] += sign * (double)scale[i * kw + j] * s;
         }
 }
 
