@@ -189,148 +189,243 @@ static void chunk_stats(const float *v, int64_t m, float eps, float *mean, float
     *rstd = (float)(1.0 / sqrt(q / (double)m + (double)eps));
 }
 
-/* y [n, O] from A [n, O] group-major; stats [n, g, 2] (mean, 1/std) when normalising;
- * affine [2, co] (gamma, beta). */
-static void rows_forward(const float *A, float *y, float *stats, const float *affine,
+/* One row of the forward: y [O] from the group-major GEMM row a; writes the chunks'
+ * (mean, 1/std) into st [g, 2] when normalising. */
+static void row_forward(const float *a, float *y, float *st, const float *affine,
+                        const glt_dims *d)
+{
+    const int64_t co = d->co;
+    gather_row(y, a, d);
+    if (d->normalize) {
+        const float *gamma = affine, *beta = affine + co;
+        for (int64_t c = 0; c < d->g; c++) {
+            float *z = y + c * co, mean, rstd;
+            chunk_stats(z, co, d->eps, &mean, &rstd);
+            st[2 * c] = mean;
+            st[2 * c + 1] = rstd;
+#pragma omp simd
+            for (int64_t i = 0; i < co; i++) z[i] = (z[i] - mean) * rstd * gamma[i] + beta[i];
+        }
+    }
+    if (d->swish) {
+#pragma omp simd
+        for (int64_t i = 0; i < d->O; i++) y[i] = y[i] / (1.0f + expf(-y[i]));
+    }
+}
+
+/* One row of the backward: da [O] group-major from dy [O] (output order), the saved GEMM
+ * row a and its chunk statistics st [g, 2]. s and ds are [O] scratch; the shared affine's
+ * gradients are added into pg, pb [co] (NULL: not wanted). */
+static void row_backward(const float *a, const float *dy, const float *st, const float *affine,
+                         float *da, float *s, float *ds, double *pg, double *pb,
                          const glt_dims *d)
 {
     const int64_t O = d->O, co = d->co;
     const float *gamma = affine, *beta = affine ? affine + co : NULL;
-#pragma omp parallel for schedule(static) if (d->n * O > XT_PARALLEL_GRAIN)
-    for (int64_t t = 0; t < d->n; t++) {
-        float *yt = y + t * O;
-        gather_row(yt, A + t * O, d);
-        if (d->normalize) {
-            for (int64_t c = 0; c < d->g; c++) {
-                float *z = yt + c * co, mean, rstd;
-                chunk_stats(z, co, d->eps, &mean, &rstd);
-                stats[(t * d->g + c) * 2] = mean;
-                stats[(t * d->g + c) * 2 + 1] = rstd;
+    gather_row(s, a, d);
+    int64_t chunks = d->normalize ? d->g : 1, m = d->normalize ? co : O;
+    for (int64_t c = 0; c < chunks; c++) {
+        float *sc = s + c * m, *dsc = ds + c * m;
+        const float *dyc = dy + c * m;
+        float rstd = d->normalize ? st[2 * c + 1] : 1.0f;
+        if (d->normalize) {   /* sc becomes x-hat, the chunk normalised before the affine */
+            float mean = st[2 * c];
 #pragma omp simd
-                for (int64_t i = 0; i < co; i++) z[i] = (z[i] - mean) * rstd * gamma[i] + beta[i];
+            for (int64_t i = 0; i < m; i++) sc[i] = (sc[i] - mean) * rstd;
+        }
+        if (d->swish) {       /* dsc = dZ */
+#pragma omp simd
+            for (int64_t i = 0; i < m; i++) {
+                float z = d->normalize ? sc[i] * gamma[i] + beta[i] : sc[i];
+                float sig = 1.0f / (1.0f + expf(-z));
+                dsc[i] = dyc[i] * sig * (1.0f + z * (1.0f - sig));
+            }
+        } else {
+            memcpy(dsc, dyc, sizeof(float) * (size_t)m);
+        }
+        if (!d->normalize) continue;
+        if (pg) {
+#pragma omp simd
+            for (int64_t i = 0; i < m; i++) {
+                pg[i] += (double)dsc[i] * sc[i];
+                pb[i] += dsc[i];
             }
         }
-        if (d->swish) {
-#pragma omp simd
-            for (int64_t i = 0; i < O; i++) yt[i] = yt[i] / (1.0f + expf(-yt[i]));
+        /* dS = rstd (h - mean(h) - xhat mean(h xhat)), h = dZ gamma */
+        double sh = 0, shx = 0;
+#pragma omp simd reduction(+ : sh, shx)
+        for (int64_t i = 0; i < m; i++) {
+            float hi = dsc[i] * gamma[i];
+            sh += hi;
+            shx += (double)hi * sc[i];
         }
+        float mh = (float)(sh / (double)m), mhx = (float)(shx / (double)m);
+#pragma omp simd
+        for (int64_t i = 0; i < m; i++) dsc[i] = rstd * (dsc[i] * gamma[i] - mh - sc[i] * mhx);
+    }
+    scatter_row(da, ds, d);
+}
+
+/* ---- the drivers ---------------------------------------------------------------------------
+ * Work is split into tiles of rows inside one parallel region, with BLAS called
+ * single-threaded from each thread (OpenBLAS's OpenMP build does so inside a parallel
+ * region): one fork and join per op instead of a threaded BLAS call per group, and a tile's
+ * GEMM output is still in a near cache when the row pass reads it. Tiles are at most
+ * TILE_ROWS rows: every GEMM call packs its weight block again, which costs about 1/rows of
+ * the call's work. */
+enum { TILE_ROWS = 512, COL_MIN = 16 };
+
+typedef struct glt_plan {
+    glt_dims d;
+    fmat x, p;                  /* x rows [n, dx], prefix rows [n, dp] (p.p NULL: none) */
+    const xt_tensor *w;         /* [g, cp + cx, co], BLAS-readable */
+    int64_t cx, cp;
+} glt_plan;
+
+static bool run_parallel(const glt_plan *pl)
+{
+    int64_t ci = pl->cx + pl->cp;
+    return pl->d.n >= 32 && pl->d.n * ci * pl->d.O > 16 * XT_PARALLEL_GRAIN;
+}
+
+/* Rows per tile: at most TILE_ROWS, and at least one tile per thread when parallel. */
+static int64_t tile_rows(const glt_plan *pl, bool parallel)
+{
+    int64_t nt = parallel ? omp_get_max_threads() : 1;
+    int64_t rows = (pl->d.n + nt - 1) / nt;
+    rows = (rows + 15) / 16 * 16;
+    return rows < TILE_ROWS ? (rows > 0 ? rows : 1) : TILE_ROWS;
+}
+
+/* target [n, O] (A, or y when direct) = bias + the group GEMMs; then y, stats from A */
+static void forward_compute(const glt_plan *pl, const float *bias, float *target, float *y,
+                            float *stats, const float *affine, bool direct)
+{
+    const glt_dims *d = &pl->d;
+    bool par = run_parallel(pl);
+    int64_t rows = tile_rows(pl, par), tiles = (d->n + rows - 1) / rows;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t tile = 0; tile < tiles; tile++) {
+        int64_t r0 = tile * rows, nr = d->n - r0 < rows ? d->n - r0 : rows;
+        float *tt = target + r0 * d->O;
+        if (bias)
+            for (int64_t r = 0; r < nr; r++) memcpy(tt + r * d->O, bias, sizeof(float) * (size_t)d->O);
+        for (int64_t k = 0; k < d->g; k++) {
+            fmat wk = weight_of(pl->w, k);
+            float beta = bias ? 1.0f : 0.0f;
+            if (pl->p.p) {
+                mm(sub(pl->p, r0, nr, k * pl->cp, pl->cp), sub(wk, 0, pl->cp, 0, d->co), beta,
+                   tt + k * d->co, d->O);
+                beta = 1.0f;
+            }
+            mm(sub(pl->x, r0, nr, k * pl->cx, pl->cx), sub(wk, pl->cp, pl->cx, 0, d->co), beta,
+               tt + k * d->co, d->O);
+        }
+        if (!direct)
+            for (int64_t r = r0; r < r0 + nr; r++)
+                row_forward(target + r * d->O, y + r * d->O, stats ? stats + r * d->g * 2 : NULL,
+                            affine, d);
     }
 }
 
-/* dA [n, O] group-major from dy [n, O] (output order) and the saved A and stats; the
- * shared affine's gradients summed into dgamma, dbeta [co] (double) when they are wanted. */
-static xt_status rows_backward(const float *A, const float *dy, const float *stats,
-                               const float *affine, float *dA, double *dgamma, double *dbeta,
-                               const glt_dims *d)
+typedef struct glt_grads {
+    float *dx, *dp, *dw, *db;   /* [n, dx], [n, dp], [g, ci, co], [g, co]; NULL: not wanted */
+    double *dgamma, *dbeta;     /* [co] */
+} glt_grads;
+
+/* Phase 1 per row tile: dA (when A is kept; else dA is dy), then dx and dprefix rows.
+ * Phase 2 per (group, column block): dW and db columns, summed over every row. */
+static xt_status backward_compute(const glt_plan *pl, const float *A, const float *dy,
+                                  const float *stats, const float *affine, float *dA_buf,
+                                  const glt_grads *gr)
 {
-    const int64_t O = d->O, co = d->co;
-    const float *gamma = affine, *beta = affine ? affine + co : NULL;
-    int nt = d->n * O > XT_PARALLEL_GRAIN ? omp_get_max_threads() : 1;
-    bool affine_grads = d->normalize && (dgamma || dbeta);
-    /* per thread: the row in output order (s, then ds) and the affine gradient partials */
-    float *rows = malloc(sizeof(float) * (size_t)(nt * 2 * O));
+    const glt_dims *d = &pl->d;
+    const int64_t O = d->O, co = d->co, ci = pl->cp + pl->cx;
+    bool par = run_parallel(pl);
+    int nt = par ? omp_get_max_threads() : 1;
+    bool affine_grads = d->normalize && (gr->dgamma || gr->dbeta);
+    float *scratch = A ? malloc(sizeof(float) * (size_t)(nt * 2 * O)) : NULL;
     double *part = affine_grads ? calloc((size_t)(nt * 2 * co), sizeof(double)) : NULL;
-    if (!rows || (affine_grads && !part)) {
-        free(rows);
+    if ((A && !scratch) || (affine_grads && !part)) {
+        free(scratch);
         free(part);
         return xt_fail(XT_ERR_OOM, "%s: out of memory in the backward", OP);
     }
-#pragma omp parallel num_threads(nt)
+    const float *dA = A ? dA_buf : dy;
+    fmat mdA = {(float *)dA, d->n, O, O, 1};
+    int64_t rows = tile_rows(pl, par), tiles = (d->n + rows - 1) / rows;
+    int64_t cb = (co + nt - 1) / nt;
+    if (cb < COL_MIN) cb = COL_MIN;
+    int64_t col_blocks = (co + cb - 1) / cb;
+#pragma omp parallel num_threads(nt) if (par)
     {
         int tid = omp_get_thread_num();
-        float *s = rows + (int64_t)tid * 2 * O, *ds = s + O;
+        float *s = scratch ? scratch + (int64_t)tid * 2 * O : NULL, *ds = s ? s + O : NULL;
         double *pg = part ? part + (int64_t)tid * 2 * co : NULL, *pb = pg ? pg + co : NULL;
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < d->n; t++) {
-            const float *dyt = dy + t * O;
-            gather_row(s, A + t * O, d);
-            for (int64_t c = 0; c < (d->normalize ? d->g : 1); c++) {
-                int64_t m = d->normalize ? co : O;
-                float *sc = s + c * m, *dsc = ds + c * m;
-                const float *dyc = dyt + c * m;
-                float mean = 0, rstd = 1;
-                if (d->normalize) {
-                    mean = stats[(t * d->g + c) * 2];
-                    rstd = stats[(t * d->g + c) * 2 + 1];
-                }
-                /* sc becomes x-hat (normalised, before the affine), dsc dZ */
-                if (d->normalize) {
-#pragma omp simd
-                    for (int64_t i = 0; i < m; i++) sc[i] = (sc[i] - mean) * rstd;
-                }
-                if (d->swish) {
-#pragma omp simd
-                    for (int64_t i = 0; i < m; i++) {
-                        float z = d->normalize ? sc[i] * gamma[i] + beta[i] : sc[i];
-                        float sig = 1.0f / (1.0f + expf(-z));
-                        dsc[i] = dyc[i] * sig * (1.0f + z * (1.0f - sig));
-                    }
-                } else {
-                    memcpy(dsc, dyc, sizeof(float) * (size_t)m);
-                }
-                if (!d->normalize) continue;
-                if (pg) {
-#pragma omp simd
-                    for (int64_t i = 0; i < m; i++) {
-                        pg[i] += (double)dsc[i] * sc[i];
-                        pb[i] += dsc[i];
-                    }
-                }
-                /* dS = rstd (g - mean(g) - xhat mean(g xhat)), g = dZ gamma */
-                double sg = 0, sgx = 0;
-#pragma omp simd reduction(+ : sg, sgx)
-                for (int64_t i = 0; i < m; i++) {
-                    float gi = dsc[i] * gamma[i];
-                    sg += gi;
-                    sgx += (double)gi * sc[i];
-                }
-                float mg = (float)(sg / (double)m), mgx = (float)(sgx / (double)m);
-#pragma omp simd
-                for (int64_t i = 0; i < m; i++)
-                    dsc[i] = rstd * (dsc[i] * gamma[i] - mg - sc[i] * mgx);
+        for (int64_t tile = 0; tile < tiles; tile++) {
+            int64_t r0 = tile * rows, nr = d->n - r0 < rows ? d->n - r0 : rows;
+            if (A)
+                for (int64_t r = r0; r < r0 + nr; r++)
+                    row_backward(A + r * O, dy + r * O, stats ? stats + r * d->g * 2 : NULL,
+                                 affine, dA_buf + r * O, s, ds, pg, pb, d);
+            for (int64_t k = 0; k < d->g; k++) {
+                fmat dak = sub(mdA, r0, nr, k * co, co), wk = weight_of(pl->w, k);
+                if (gr->dx)    /* dx_k = dA_k Wx_k^T */
+                    mm(dak, tr(sub(wk, pl->cp, pl->cx, 0, co)), 0.0f,
+                       gr->dx + r0 * pl->x.cols + k * pl->cx, pl->x.cols);
+                if (gr->dp)    /* dprefix_k = dA_k Wp_k^T */
+                    mm(dak, tr(sub(wk, 0, pl->cp, 0, co)), 0.0f,
+                       gr->dp + r0 * pl->p.cols + k * pl->cp, pl->p.cols);
             }
-            scatter_row(dA + t * O, ds, d);
+        }
+        if (gr->dw || gr->db) {
+#pragma omp for schedule(static)
+            for (int64_t item = 0; item < d->g * col_blocks; item++) {
+                int64_t k = item / col_blocks, c0 = (item % col_blocks) * cb;
+                int64_t nc = co - c0 < cb ? co - c0 : cb;
+                fmat dak = sub(mdA, 0, d->n, k * co + c0, nc);
+                if (gr->dw) {   /* dW_k[:, c0..] = u_k^T dA_k[:, c0..] */
+                    float *dwk = gr->dw + k * ci * co + c0;
+                    if (pl->p.p) mm(tr(sub(pl->p, 0, d->n, k * pl->cp, pl->cp)), dak, 0.0f, dwk, co);
+                    mm(tr(sub(pl->x, 0, d->n, k * pl->cx, pl->cx)), dak, 0.0f, dwk + pl->cp * co, co);
+                }
+                if (gr->db) {   /* db_k[c0..] = column sums of dA_k */
+                    double acc[COL_MIN * 4];
+                    for (int64_t j0 = 0; j0 < nc; j0 += COL_MIN * 4) {
+                        int64_t nj = nc - j0 < COL_MIN * 4 ? nc - j0 : COL_MIN * 4;
+                        memset(acc, 0, sizeof acc);
+                        for (int64_t r = 0; r < d->n; r++) {
+                            const float *row = dA + r * O + k * co + c0 + j0;
+#pragma omp simd
+                            for (int64_t j = 0; j < nj; j++) acc[j] += row[j];
+                        }
+                        for (int64_t j = 0; j < nj; j++) gr->db[k * co + c0 + j0 + j] = (float)acc[j];
+                    }
+                }
+            }
         }
     }
-    if (part) {
+    if (part)
         for (int64_t i = 0; i < co; i++) {
-            double sgm = 0, sbt = 0;
+            double sg = 0, sb = 0;
             for (int tid = 0; tid < nt; tid++) {
-                sgm += part[(int64_t)tid * 2 * co + i];
-                sbt += part[(int64_t)tid * 2 * co + co + i];
+                sg += part[(int64_t)tid * 2 * co + i];
+                sb += part[(int64_t)tid * 2 * co + co + i];
             }
-            if (dgamma) dgamma[i] = sgm;
-            if (dbeta) dbeta[i] = sbt;
+            if (gr->dgamma) gr->dgamma[i] = sg;
+            if (gr->dbeta) gr->dbeta[i] = sb;
         }
-    }
-    free(rows);
+    free(scratch);
     free(part);
     return XT_OK;
 }
 
-/* out[j] = sum over the n rows of a [n, m] (row-major), in double */
-enum { COL_BLOCK = 64 };
-static void column_sums(const float *a, int64_t n, int64_t m, float *out)
-{
-    int64_t blocks = (m + COL_BLOCK - 1) / COL_BLOCK;
-#pragma omp parallel for if (n * m > XT_PARALLEL_GRAIN && blocks > 1)
-    for (int64_t blk = 0; blk < blocks; blk++) {
-        int64_t c0 = blk * COL_BLOCK, nc = m - c0 < COL_BLOCK ? m - c0 : COL_BLOCK;
-        double acc[COL_BLOCK] = {0};
-        for (int64_t r = 0; r < n; r++) {
-            const float *row = a + r * m + c0;
-#pragma omp simd
-            for (int64_t j = 0; j < nc; j++) acc[j] += row[j];
-        }
-        for (int64_t j = 0; j < nc; j++) out[c0 + j] = (float)acc[j];
-    }
-}
-
 /* ---- backward ---------------------------------------------------------------------------
  * inputs: 0 x, 1 prefix, 2 w, 3 b, 4 ln_weight, 5 ln_bias.
- * saved (slots in iargs[0..4], -1 when absent): x rows, prefix rows, w (BLAS-readable),
+ * saved (slots in iargs[0..5], -1 when absent): x rows, prefix rows, w (BLAS-readable),
  * A [n, O] (when anything follows the GEMMs), stats [n, g, 2] and affine [2, co] (when
- * normalising). iargs[5..7]: shuffle, normalize, swish; fargs[0]: eps. */
+ * normalising). iargs[6..8]: shuffle, normalize, swish; fargs[0]: eps. */
 enum { SAVE_X, SAVE_PREFIX, SAVE_W, SAVE_A, SAVE_STATS, SAVE_AFFINE, SAVE_COUNT };
 
 static xt_tensor *saved_or_null(xt_node *node, int slot, bool *failed)
@@ -340,6 +435,23 @@ static xt_tensor *saved_or_null(xt_node *node, int slot, bool *failed)
     xt_tensor *t = xt_node_saved(node, (int32_t)i);
     if (!t) *failed = true;
     return t;
+}
+
+static float *data_or_null(xt_tensor *t) { return t ? (float *)t->data : NULL; }
+
+/* The plan from x and prefix as BLAS reads them and the readable w. */
+static void make_plan(glt_plan *pl, xt_tensor *x, xt_tensor *prefix, const xt_tensor *w)
+{
+    memset(pl, 0, sizeof *pl);
+    pl->d.g = w->shape[0];
+    pl->d.co = w->shape[2];
+    pl->d.O = pl->d.g * pl->d.co;
+    rows_of(x, &pl->x);
+    if (prefix) rows_of(prefix, &pl->p);
+    pl->d.n = pl->x.rows;
+    pl->w = w;
+    pl->cx = pl->x.cols / pl->d.g;
+    pl->cp = prefix ? pl->p.cols / pl->d.g : 0;
 }
 
 static xt_status group_linear_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinputs)
@@ -352,100 +464,52 @@ static xt_status group_linear_backward(xt_node *node, xt_tensor *dout, xt_tensor
     xt_tensor *stats = saved_or_null(node, SAVE_STATS, &failed);
     xt_tensor *affine = saved_or_null(node, SAVE_AFFINE, &failed);
     if (failed) return xt_last_status();
-    glt_dims d = {0};
-    d.g = w->shape[0];
-    d.co = w->shape[2];
-    d.O = d.g * d.co;
-    d.shuffle = node->iargs[SAVE_COUNT] != 0;
-    d.normalize = node->iargs[SAVE_COUNT + 1] != 0;
-    d.swish = node->iargs[SAVE_COUNT + 2] != 0;
-    d.eps = (float)node->fargs[0];
-    fmat mx, mp = {0};
-    rows_of(x, &mx);
-    if (prefix) rows_of(prefix, &mp);
-    d.n = mx.rows;
-    int64_t cx = mx.cols / d.g, cp = prefix ? mp.cols / d.g : 0;
+    glt_plan pl;
+    make_plan(&pl, x, prefix, w);
+    pl.d.shuffle = node->iargs[SAVE_COUNT] != 0;
+    pl.d.normalize = node->iargs[SAVE_COUNT + 1] != 0;
+    pl.d.swish = node->iargs[SAVE_COUNT + 2] != 0;
+    pl.d.eps = (float)node->fargs[0];
+    const glt_dims *d = &pl.d;
 
     xt_tensor *dy = xt_contiguous(dout);
     if (!dy) return xt_last_status();
-    bool need_gamma = xt_node_needs(node, 4), need_beta = xt_node_needs(node, 5);
-    xt_status st = XT_OK;
-    /* dA [n, O] group-major: dy itself when nothing follows the GEMMs */
-    xt_tensor *dA_t = NULL;
-    const float *dA = dy->data;
-    double *dgb = NULL;
-    if (A) {
-        int64_t shape[2] = {d.n, d.O};
-        dA_t = xt_empty(2, shape, XT_FLOAT32);
-        dgb = d.normalize ? calloc((size_t)(2 * d.co), sizeof(double)) : NULL;
-        if (!dA_t || (d.normalize && !dgb)) {
-            st = dA_t ? xt_fail(XT_ERR_OOM, "%s: out of memory in the backward", OP)
-                      : xt_last_status();
-        } else {
-            st = rows_backward(A->data, dy->data, stats ? stats->data : NULL,
-                               affine ? affine->data : NULL, dA_t->data,
-                               need_gamma ? dgb : NULL, need_beta ? dgb + d.co : NULL, &d);
-            dA = dA_t->data;
-        }
+    /* the outputs, allocated up front; the engine takes them on success */
+    xt_tensor *outs[6] = {0};
+    int64_t ashape[2] = {d->n, d->O}, bshape[2] = {d->g, d->co};
+    xt_tensor *dA = A ? xt_empty(2, ashape, XT_FLOAT32) : NULL;
+    double *dgb = d->normalize ? calloc((size_t)(2 * d->co), sizeof(double)) : NULL;
+    bool ok = (!A || dA) && (!d->normalize || dgb);
+    for (int i = 0; ok && i < 4; i++) {
+        if (!xt_node_needs(node, i) || (i == 1 && !prefix)) continue;
+        const xt_edge *e = &node->inputs[i];
+        outs[i] = i == 3 ? xt_empty(2, bshape, XT_FLOAT32) : xt_empty(e->ndim, e->shape, XT_FLOAT32);
+        ok = outs[i] != NULL;
     }
-    fmat mdA = {(float *)dA, d.n, d.O, d.O, 1};
-    if (st == XT_OK && xt_node_needs(node, 0)) {   /* dx_k [n, cx] = dA_k Wx_k^T */
-        const xt_edge *e = &node->inputs[0];
-        xt_tensor *dx = xt_empty(e->ndim, e->shape, XT_FLOAT32);
-        if (!dx) st = xt_last_status();
-        else {
-            for (int64_t k = 0; k < d.g; k++)
-                mm(sub(mdA, 0, d.n, k * d.co, d.co), tr(sub(weight_of(w, k), cp, cx, 0, d.co)),
-                   0.0f, (float *)dx->data + k * cx, mx.cols);
-            dinputs[0] = dx;
-        }
+    for (int i = 4; ok && i < 6; i++) {
+        if (!xt_node_needs(node, i)) continue;
+        outs[i] = xt_empty(1, &d->co, XT_FLOAT32);
+        ok = outs[i] != NULL;
     }
-    if (st == XT_OK && prefix && xt_node_needs(node, 1)) {   /* dprefix_k = dA_k Wp_k^T */
-        const xt_edge *e = &node->inputs[1];
-        xt_tensor *dp = xt_empty(e->ndim, e->shape, XT_FLOAT32);
-        if (!dp) st = xt_last_status();
-        else {
-            for (int64_t k = 0; k < d.g; k++)
-                mm(sub(mdA, 0, d.n, k * d.co, d.co), tr(sub(weight_of(w, k), 0, cp, 0, d.co)),
-                   0.0f, (float *)dp->data + k * cp, mp.cols);
-            dinputs[1] = dp;
-        }
+    xt_status st = ok ? XT_OK
+                      : (d->normalize && !dgb ? xt_fail(XT_ERR_OOM, "%s: out of memory", OP)
+                                              : xt_last_status());
+    if (st == XT_OK) {
+        glt_grads gr = {data_or_null(outs[0]), data_or_null(outs[1]), data_or_null(outs[2]),
+                        data_or_null(outs[3]), outs[4] ? dgb : NULL, outs[5] ? dgb + d->co : NULL};
+        st = backward_compute(&pl, A ? A->data : NULL, dy->data, stats ? stats->data : NULL,
+                              affine ? affine->data : NULL, dA ? dA->data : NULL, &gr);
     }
-    if (st == XT_OK && xt_node_needs(node, 2)) {   /* dW_k [ci, co] = u_k^T dA_k */
-        xt_tensor *dw = xt_empty(3, w->shape, XT_FLOAT32);
-        if (!dw) st = xt_last_status();
-        else {
-            int64_t ci = cp + cx;
-            for (int64_t k = 0; k < d.g; k++) {
-                float *dwk = (float *)dw->data + k * ci * d.co;
-                fmat dak = sub(mdA, 0, d.n, k * d.co, d.co);
-                if (prefix) mm(tr(sub(mp, 0, d.n, k * cp, cp)), dak, 0.0f, dwk, d.co);
-                mm(tr(sub(mx, 0, d.n, k * cx, cx)), dak, 0.0f, dwk + cp * d.co, d.co);
-            }
-            dinputs[2] = dw;
-        }
-    }
-    if (st == XT_OK && xt_node_needs(node, 3)) {   /* db [g, co] = column sums of dA */
-        int64_t shape[2] = {d.g, d.co};
-        xt_tensor *db = xt_empty(2, shape, XT_FLOAT32);
-        if (!db) st = xt_last_status();
-        else {
-            column_sums(dA, d.n, d.O, db->data);
-            dinputs[3] = db;
-        }
-    }
-    for (int i = 0; i < 2 && st == XT_OK; i++) {   /* dgamma, dbeta [co] */
-        if (!xt_node_needs(node, 4 + i)) continue;
-        xt_tensor *t = xt_empty(1, &d.co, XT_FLOAT32);
-        if (!t) {
-            st = xt_last_status();
-            break;
-        }
-        for (int64_t j = 0; j < d.co; j++) ((float *)t->data)[j] = (float)dgb[i * d.co + j];
-        dinputs[4 + i] = t;
-    }
+    for (int i = 4; st == XT_OK && i < 6; i++)
+        if (outs[i])
+            for (int64_t j = 0; j < d->co; j++)
+                ((float *)outs[i]->data)[j] = (float)dgb[(i - 4) * d->co + j];
+    if (st == XT_OK)
+        for (int i = 0; i < 6; i++) dinputs[i] = outs[i];
+    else
+        for (int i = 0; i < 6; i++) xt_tensor_release(outs[i]);
     free(dgb);
-    xt_tensor_release(dA_t);
+    xt_tensor_release(dA);
     xt_tensor_release(dy);
     return st;
 }
@@ -583,39 +647,32 @@ xt_tensor *xt_group_linear_ex(xt_tensor *x, xt_tensor *prefix, xt_tensor *w, xt_
     if (check_args(x, prefix, w, b, ln_weight, ln_bias, eps) ||
         check_norm_args(normalize, ln_weight, ln_bias))
         return NULL;
-    glt_dims d = {0};
-    d.g = w->shape[0];
-    d.co = w->shape[2];
-    d.O = d.g * d.co;
-    d.shuffle = shuffle != 0 && d.g > 1;
-    d.normalize = normalize != 0;
-    d.swish = swish != 0;
-    d.eps = (float)eps;
-    bool direct = !d.shuffle && !d.normalize && !d.swish;   /* GEMMs write y */
-
     xt_tensor *xr = readable_rows(x), *pr = prefix ? readable_rows(prefix) : NULL;
     xt_tensor *wr = NULL, *br = NULL, *A = NULL, *stats = NULL, *affine = NULL, *out = NULL;
     if (weight_readable(w)) xt_tensor_retain(wr = w);
     else wr = dense(w);
     if (b) br = dense(b);
-    fmat mx = {0}, mp = {0};
-    if (xr) rows_of(xr, &mx);
-    if (pr) rows_of(pr, &mp);
-    d.n = mx.rows;
-    int64_t cx = mx.cols / d.g, cp = prefix ? mp.cols / d.g : 0;
-    int64_t yshape[XT_MAX_DIMS], ashape[2] = {d.n, d.O}, sshape[3] = {d.n, d.g, 2};
-    int64_t fshape[2] = {2, d.co};
-    memcpy(yshape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
-    yshape[x->ndim - 1] = d.O;
     bool ok = xr && (pr || !prefix) && wr && (br || !b);
+    glt_plan pl = {0};
+    if (ok) make_plan(&pl, xr, pr, wr);
+    glt_dims *d = &pl.d;
+    d->shuffle = shuffle != 0 && d->g > 1;
+    d->normalize = normalize != 0;
+    d->swish = swish != 0;
+    d->eps = (float)eps;
+    bool direct = !d->shuffle && !d->normalize && !d->swish;   /* the GEMMs write y */
+    int64_t yshape[XT_MAX_DIMS], ashape[2] = {d->n, d->O}, sshape[3] = {d->n, d->g, 2};
+    int64_t fshape[2] = {2, d->co};
+    memcpy(yshape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+    yshape[x->ndim - 1] = d->O;
     if (ok) out = xt_empty(x->ndim, yshape, XT_FLOAT32);
     if (ok && out && !direct) A = xt_empty(2, ashape, XT_FLOAT32);
-    if (ok && d.normalize) {
+    if (ok && d->normalize) {
         stats = xt_empty(3, sshape, XT_FLOAT32);
         affine = xt_empty(2, fshape, XT_FLOAT32);
         if (affine) {   /* a snapshot of gamma, beta (1 and 0 when absent) */
             float *f = affine->data;
-            for (int64_t j = 0; j < 2 * d.co; j++) f[j] = j < d.co ? 1.0f : 0.0f;
+            for (int64_t j = 0; j < 2 * d->co; j++) f[j] = j < d->co ? 1.0f : 0.0f;
             xt_tensor *parts[2] = {ln_weight, ln_bias};
             for (int i = 0; i < 2; i++) {
                 if (!parts[i]) continue;
@@ -624,38 +681,20 @@ xt_tensor *xt_group_linear_ex(xt_tensor *x, xt_tensor *prefix, xt_tensor *w, xt_
                     ok = false;
                     break;
                 }
-                memcpy(f + i * d.co, c->data, sizeof(float) * (size_t)d.co);
+                memcpy(f + i * d->co, c->data, sizeof(float) * (size_t)d->co);
                 xt_tensor_release(c);
             }
         }
     }
-    ok = ok && out && (direct || A) && (!d.normalize || (stats && affine));
+    ok = ok && out && (direct || A) && (!d->normalize || (stats && affine));
     xt_status st = ok ? XT_OK : xt_last_status();
-    if (st == XT_OK) {
-        float *target = direct ? out->data : A->data;
-        if (br) {
-#pragma omp parallel for if (d.n * d.O > XT_PARALLEL_GRAIN)
-            for (int64_t t = 0; t < d.n; t++)
-                memcpy(target + t * d.O, br->data, sizeof(float) * (size_t)d.O);
-        }
-        for (int64_t k = 0; k < d.g; k++) {
-            fmat wk = weight_of(wr, k);
-            float *ak = target + k * d.co;
-            float beta = br ? 1.0f : 0.0f;
-            if (prefix) {
-                mm(sub(mp, 0, d.n, k * cp, cp), sub(wk, 0, cp, 0, d.co), beta, ak, d.O);
-                beta = 1.0f;
-            }
-            mm(sub(mx, 0, d.n, k * cx, cx), sub(wk, cp, cx, 0, d.co), beta, ak, d.O);
-        }
-        if (!direct)
-            rows_forward(A->data, out->data, stats ? stats->data : NULL,
-                         affine ? affine->data : NULL, &d);
-    }
+    if (st == XT_OK)
+        forward_compute(&pl, br ? br->data : NULL, direct ? out->data : A->data, out->data,
+                        data_or_null(stats), data_or_null(affine), direct);
     xt_tensor *inputs[6] = {x, prefix, w, b, ln_weight, ln_bias};
     if (st == XT_OK && xt_needs_grad(6, inputs)) {
         xt_tensor *saved[SAVE_COUNT] = {xr, pr, wr, A, stats, affine};
-        st = record(out, inputs, saved, &d);
+        st = record(out, inputs, saved, d);
     }
     xt_tensor *temps[7] = {xr, pr, wr, br, A, stats, affine};
     for (int i = 0; i < 7; i++) xt_tensor_release(temps[i]);
