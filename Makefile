@@ -4,8 +4,9 @@ BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 RUN_ARGS ?=
+FUZZ_SECONDS ?= 10
 
-.PHONY: all deps build run test test-sanitize bench clean install
+.PHONY: all deps build run test test-sanitize fuzz bench clean install
 
 all: build
 
@@ -17,7 +18,7 @@ build: deps
 	@cmake --build $(BUILD) -j$(JOBS)
 
 run: build
-	$(BUILD)/xlua experiments/main.lua $(RUN_ARGS)
+	$(BUILD)/xlua experiments/aft_conv_cifar.lua $(RUN_ARGS)
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
@@ -29,6 +30,10 @@ test-sanitize: deps
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j$(JOBS)
 
+# The file readers' libFuzzer harnesses (clang, ASan + UBSan), FUZZ_SECONDS each.
+fuzz: deps
+	sh tests/fuzz/run.sh $(FUZZ_SECONDS)
+
 bench: build
 	$(BUILD)/xlua bench/run.lua
 
@@ -36,4 +41,4 @@ install: build
 	cmake --install $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz

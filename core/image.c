@@ -24,8 +24,20 @@ xt_tensor *xt_image_decode(const uint8_t *bytes, int64_t nbytes, int32_t channel
     int64_t shape[3];   /* [H,W,C] as the header declares */
     if (xt_image_info(bytes, nbytes, name, shape)) return NULL;
 
+    /* No buffer of a valid image is larger than 16-bit RGBA pixels (8 bytes each) with its
+     * rows padded to whole JPEG blocks, or its compressed data twice over (stb's growing
+     * PNG buffer); anything larger comes from corrupt data. */
+    size_t budget = 8 * (size_t)(shape[0] + 32) * (size_t)(shape[1] + 32) +
+                    2 * (size_t)nbytes + ((size_t)1 << 20);
+    bool over_budget = false;
     int w, h, comp;
-    uint8_t *pixels = xt_stbi_load_from_memory(bytes, (int)nbytes, &w, &h, &comp, channels);
+    uint8_t *pixels = xt_stbi_load_from_memory(bytes, (int)nbytes, &w, &h, &comp, channels,
+                                               budget, &over_budget);
+    if (!pixels && over_budget)
+        return xt_fail_null(XT_ERR_IO, "image.decode: %s: corrupt %s: decoding a %lldx%lld image "
+                            "asked for more memory than such an image needs", name,
+                            xt_image_format_name(bytes, nbytes), (long long)shape[1],
+                            (long long)shape[0]);
     if (!pixels)
         return xt_fail_null(XT_ERR_IO, "image.decode: %s: corrupt or truncated %s (%s)", name,
                             xt_image_format_name(bytes, nbytes), xt_stbi_failure_reason());

@@ -7,12 +7,15 @@
 #define XT_IMAGE_INTERNAL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Decoded pixels, rows top to bottom, comp (or req_comp) bytes per pixel; free with
- * xt_stbi_image_free. NULL on failure, with the reason in xt_stbi_failure_reason(). */
+ * xt_stbi_image_free. NULL on failure, with the reason in xt_stbi_failure_reason();
+ * *over_budget is set when the failure was an allocation above max_alloc bytes (0: none). */
 unsigned char *xt_stbi_load_from_memory(const unsigned char *bytes, int len, int *w, int *h,
-                                        int *comp, int req_comp);
+                                        int *comp, int req_comp, size_t max_alloc,
+                                        bool *over_budget);
 enum { XT_STB_PNG = 1, XT_STB_JPEG, XT_STB_GIF, XT_STB_BMP, XT_STB_PNM };
 typedef struct xt_stbi_header {
     int w, h, comp;
@@ -29,9 +32,10 @@ typedef void xt_stbi_write_fn(void *ctx, void *data, int size);
 int xt_stbi_write_jpg(xt_stbi_write_fn *fn, void *ctx, int w, int h, int comp,
                       const void *pixels, int quality);
 
-/* jpeg_check.c: false when the bytes are a JPEG with a Huffman table that stb_image v2.27
- * would overflow (more than 256 symbols); true otherwise, also for non-JPEG data. */
-bool xt_jpeg_huffman_tables_ok(const uint8_t *bytes, int64_t n);
+/* jpeg_check.c: what is wrong with a JPEG that stb_image v2.27 would mishandle (a Huffman
+ * table of more than 256 symbols, a scan using an undefined table), or NULL when nothing
+ * is (also for data that is not a JPEG). */
+const char *xt_jpeg_check(const uint8_t *bytes, int64_t n);
 
 /* "PNG", "JPEG", "GIF", "BMP", "PNM", or "?" for bytes of no format we read. */
 const char *xt_image_format_name(const uint8_t *bytes, int64_t nbytes);

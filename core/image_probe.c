@@ -1,13 +1,14 @@
 /*
  * image_probe.c: everything checked before stb_image decodes a single pixel: the format
  * (from the magic bytes, so errors can name it), the size the header declares (refused
- * above 1 GiB decoded), and the checks stb v2.27 lacks:
+ * above 256 MiB decoded as RGBA), and the checks stb v2.27 lacks:
  *  - PNM and BMP rows are stored uncompressed, so a truncated file is recognised by its
  *    length; stb would return the missing rows as zeros (BMP) or uninitialised memory
  *    (PNM), never an error;
  *  - PNM header numbers: stb accumulates digits in an int without an overflow check;
  *  - 16-bit PNM: stb swaps the bytes and overruns its buffer converting channels;
- *  - JPEG Huffman tables that overflow stb's arrays (jpeg_check.c).
+ *  - JPEG Huffman tables that overflow stb's arrays, or that scans use undefined
+ *    (jpeg_check.c).
  * Thread-safe: no state beyond the thread-local error slots.
  */
 #include "internal.h"
@@ -15,7 +16,10 @@
 
 #include <string.h>
 
-static const int64_t XT_IMAGE_MAX_BYTES = (int64_t)1 << 30;
+/* At most this many bytes decoded as RGBA (67 million pixels, 8192x8192): stb's GIF
+ * decoder alone needs 9 bytes a pixel, and a worker thread should not take gigabytes
+ * because a corrupt header asked for them. */
+static const int64_t XT_IMAGE_MAX_BYTES = (int64_t)1 << 28;
 enum { XT_IMAGE_MAX_SIDE = 1 << 24 };   /* stb's STBI_MAX_DIMENSIONS */
 
 static const char *FORMAT_NAMES[] = {"?", "PNG", "JPEG", "GIF", "BMP", "PNM"};
@@ -140,9 +144,8 @@ xt_status xt_image_info(const uint8_t *bytes, int64_t nbytes, const char *name, 
     if (format == XT_STB_PNM) {
         if (probe_pnm(bytes, nbytes, name, shape)) return xt_last_status();
     } else {
-        if (format == XT_STB_JPEG && !xt_jpeg_huffman_tables_ok(bytes, nbytes))
-            return xt_fail(XT_ERR_IO, "image.decode: %s: corrupt JPEG (a Huffman table with more "
-                           "than 256 symbols)", name);
+        const char *problem = format == XT_STB_JPEG ? xt_jpeg_check(bytes, nbytes) : NULL;
+        if (problem) return xt_fail(XT_ERR_IO, "image.decode: %s: corrupt JPEG (%s)", name, problem);
         xt_stbi_header hd;
         if (!xt_stbi_probe(bytes, (int)nbytes, format, &hd))
             return xt_fail(XT_ERR_IO, "image.decode: %s: corrupt or truncated %s header (%s)", name,
@@ -157,7 +160,7 @@ xt_status xt_image_info(const uint8_t *bytes, int64_t nbytes, const char *name, 
     }
     if (shape[0] * shape[1] * 4 > XT_IMAGE_MAX_BYTES)   /* 4: the most channels we decode to */
         return xt_fail(XT_ERR_IO, "image.decode: %s: a %lldx%lld %s image is larger than the "
-                       "decoder's limit (1 GiB as RGBA; corrupt header?)", name,
+                       "decoder's limit (256 MiB as RGBA; corrupt header?)", name,
                        (long long)shape[1], (long long)shape[0], FORMAT_NAMES[format]);
     return XT_OK;
 }

@@ -1,17 +1,19 @@
 /*
  * jpeg_check.c: a guard in front of stb_image's JPEG decoder.
  *
- * Debian's stb_image (v2.27) trusts the 16 code-length counts of a DHT (define Huffman
- * table) segment: when they add up to more than 256 it writes past the table's arrays
- * (stbi__build_huffman), corrupting memory. Upstream fixed this in v2.28 by refusing such
- * tables; our fuzzer found it here. Until Debian ships the fix, image.c runs this check
- * first and refuses the file.
+ * Debian's stb_image (v2.27) trusts two things our fuzzer showed it should not:
+ *  - the 16 code-length counts of a DHT (define Huffman table) segment: when they add up
+ *    to more than 256 it writes past the table's arrays (stbi__build_huffman);
+ *  - that a scan only uses Huffman tables a DHT defined: an undefined table holds
+ *    whatever memory it was given, and decoding with it indexes far outside the table.
+ * Until Debian ships a fixed stb, image_probe.c runs this check first and refuses such
+ * files.
  *
- * The walk follows the segments the way stb reads them, so every DHT that stb would parse
- * is checked: markers are found after skipping stray bytes and 0xFF fill bytes; segments
- * with a length are skipped by it; after a start-of-scan (SOS), entropy-coded data is
- * skipped up to the next 0xFF followed by a byte other than 0x00 (stuffing) or a restart
- * marker. Bytes past the end read as 0, as stbi__get8 returns them.
+ * The walk follows the segments the way stb reads them, so every DHT and SOS that stb
+ * would parse is seen: markers are found after skipping stray bytes and 0xFF fill bytes;
+ * segments with a length are skipped by it; after a start-of-scan (SOS), entropy-coded
+ * data is skipped up to the next 0xFF followed by a byte other than 0x00 (stuffing) or a
+ * restart marker. Bytes past the end read as 0, as stbi__get8 returns them.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -23,6 +25,12 @@ typedef struct reader {
     int64_t n, pos;
 } reader;
 
+typedef struct tables {
+    bool defined[2][4];   /* [0: DC, 1: AC][table id] */
+    bool frame_seen;      /* the first SOF0/1/2 decides, as in stb */
+    bool progressive;     /* SOF2: scans carry either DC or AC coefficients */
+} tables;
+
 static int get8(reader *r) { return r->pos < r->n ? r->bytes[r->pos++] : (r->pos++, 0); }
 
 static int get16(reader *r)
@@ -32,18 +40,46 @@ static int get16(reader *r)
 }
 
 /* The tables of one DHT segment, read as stbi__process_marker reads them. */
-static bool huffman_tables_ok(reader *r)
+static const char *read_huffman_tables(reader *r, tables *t)
 {
     int length = get16(r) - 2;
     while (length > 0 && r->pos < r->n) {
-        get8(r);   /* table class and id */
+        int q = get8(r), table_class = q >> 4, id = q & 15;
         int symbols = 0;
         for (int i = 0; i < 16; i++) symbols += get8(r);
-        if (symbols > 256) return false;
+        if (symbols > 256) return "a Huffman table with more than 256 symbols";
+        if (table_class > 1 || id > 3) return NULL;   /* stb refuses the file itself */
+        t->defined[table_class][id] = true;
         r->pos += symbols;
         length -= 17 + symbols;
     }
-    return true;
+    return NULL;
+}
+
+/* A scan header: each component names a DC and an AC table. A baseline scan uses both; a
+ * progressive scan uses the DC table when it starts at coefficient 0, else the AC table. */
+static const char *check_scan_tables(reader *r, const tables *t)
+{
+    int64_t start = r->pos;
+    int length = get16(r), components = get8(r);
+    if (components < 1 || components > 4) return NULL;   /* stb refuses these */
+    int dc_ids[4], ac_ids[4];
+    for (int i = 0; i < components; i++) {
+        get8(r);   /* component id */
+        int q = get8(r);
+        dc_ids[i] = q >> 4;
+        ac_ids[i] = q & 15;
+    }
+    int spectral_start = get8(r);
+    r->pos = start + length;
+    bool uses_dc = !t->progressive || spectral_start == 0;
+    bool uses_ac = !t->progressive || spectral_start > 0;
+    for (int i = 0; i < components; i++) {
+        if (dc_ids[i] > 3 || ac_ids[i] > 3) return NULL;   /* stb refuses these */
+        if ((uses_dc && !t->defined[0][dc_ids[i]]) || (uses_ac && !t->defined[1][ac_ids[i]]))
+            return "a scan uses a Huffman table that was never defined";
+    }
+    return NULL;
 }
 
 /* Skip entropy-coded data; returns the marker that ends it (0 at the end of the data). */
@@ -58,12 +94,13 @@ static int skip_entropy_data(reader *r)
     return 0;
 }
 
-bool xt_jpeg_huffman_tables_ok(const uint8_t *bytes, int64_t n)
+const char *xt_jpeg_check(const uint8_t *bytes, int64_t n)
 {
     int64_t soi = 1;   /* stb accepts 0xFF fill bytes before the SOI marker */
     while (soi < n && bytes[soi] == 0xFF) soi++;
-    if (n < 2 || bytes[0] != 0xFF || soi >= n || bytes[soi] != 0xD8) return true;   /* not a JPEG */
+    if (n < 2 || bytes[0] != 0xFF || soi >= n || bytes[soi] != 0xD8) return NULL;   /* not JPEG */
     reader r = {bytes, n, soi + 1};
+    tables t = {{{false}}, false, false};
     int pending = 0;   /* a marker found at the end of entropy-coded data */
     while (r.pos < r.n || pending) {
         int m = pending;
@@ -73,15 +110,23 @@ bool xt_jpeg_huffman_tables_ok(const uint8_t *bytes, int64_t n)
             m = get8(&r);
             while (m == 0xFF && r.pos < r.n) m = get8(&r);
         }
-        if (m == 0xD9) break;                                   /* end of image */
+        if (m == 0xD9) break;                                                /* end of image */
         if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) continue;   /* no length */
+        const char *problem = NULL;
         if (m == 0xC4) {
-            if (!huffman_tables_ok(&r)) return false;
-            continue;
+            problem = read_huffman_tables(&r, &t);
+        } else if (m == 0xDA) {
+            problem = check_scan_tables(&r, &t);
+            pending = skip_entropy_data(&r);
+        } else {
+            if (!t.frame_seen && m >= 0xC0 && m <= 0xC2) {
+                t.frame_seen = true;
+                t.progressive = m == 0xC2;
+            }
+            int64_t start = r.pos;
+            r.pos = start + get16(&r);
         }
-        int64_t start = r.pos;
-        r.pos = start + get16(&r);
-        if (m == 0xDA) pending = skip_entropy_data(&r);
+        if (problem) return problem;
     }
-    return true;
+    return NULL;
 }

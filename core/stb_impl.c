@@ -9,6 +9,40 @@
  * global flip/unpremultiply flags, so decoding is safe from the loader's worker threads.
  * CMake compiles this file without our warning flags: the code is upstream's.
  */
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Every allocation stb_image makes goes through these, so that one decode can be held to
+ * a budget: a corrupt chunk length or a zlib stream that never ends would otherwise grow a
+ * buffer to gigabytes before stb notices the data is not there. Thread-local, as decoding
+ * runs on the loader's worker threads. */
+static _Thread_local size_t alloc_limit;     /* 0: no limit */
+static _Thread_local bool alloc_refused;
+
+/* Zeroed, so that a corrupt file that leaves some of stb's state unset (a table never
+ * defined) decodes the same way every time instead of reading leftover memory. */
+static void *limited_malloc(size_t n)
+{
+    if (alloc_limit && n > alloc_limit) {
+        alloc_refused = true;
+        return NULL;
+    }
+    return calloc(1, n);
+}
+
+static void *limited_realloc(void *p, size_t n)
+{
+    if (alloc_limit && n > alloc_limit) {
+        alloc_refused = true;
+        return NULL;
+    }
+    return realloc(p, n);
+}
+
+#define STBI_MALLOC(n) limited_malloc(n)
+#define STBI_REALLOC(p, n) limited_realloc(p, n)
+#define STBI_FREE(p) free(p)
 #define STBI_ONLY_PNG
 #define STBI_ONLY_JPEG
 #define STBI_ONLY_BMP
@@ -27,16 +61,19 @@
 #define STB_IMAGE_WRITE_STATIC
 #include <stb_image_write.h>
 
-#include <stdlib.h>
-#include <string.h>
-
 #include "image_internal.h"
 
 /* The static stb functions, re-exported under our names for image.c. */
 unsigned char *xt_stbi_load_from_memory(const unsigned char *bytes, int len, int *w, int *h,
-                                        int *comp, int req_comp)
+                                        int *comp, int req_comp, size_t max_alloc,
+                                        bool *over_budget)
 {
-    return stbi_load_from_memory(bytes, len, w, h, comp, req_comp);
+    alloc_limit = max_alloc;
+    alloc_refused = false;
+    unsigned char *pixels = stbi_load_from_memory(bytes, len, w, h, comp, req_comp);
+    *over_budget = alloc_refused;
+    alloc_limit = 0;
+    return pixels;
 }
 
 /* The header of one known format (stb's own stbi_info tries every format in turn, so

@@ -150,6 +150,10 @@ for epoch = first_epoch, cfg.epochs do
                          scheduler = sched:state_dict(), rng = xt.get_rng_state(),
                          epoch = epoch, best_acc = best_acc, config = cfg}, {best = is_best})
     run:plot()
+    if run:should_stop(epoch) then
+        print(string.format('stopped after epoch %d; continue with --resume %s', epoch, run.dir))
+        os.exit(0)
+    end
 end
 
 local final_acc = evaluate()

@@ -22,8 +22,8 @@ local run = xt.experiment.start{
         limit_test = 500, samples = 16, temperature = 1,
     },
     help = {
-        attention = 'aft_full, aft_local, aft_simple, softmax or delight',
-        dim = 'model width', depth = 'blocks', heads = 'heads of softmax attention',
+        attention = 'delight, or a causal attention of nn.attention_by_name: aft_full, aft_local, aft_simple, softmax, linear, performer',
+        dim = 'model width', depth = 'blocks', heads = 'heads (softmax, linear, performer)',
         window = 'aft_local window', weight_decay = 'AdamW weight decay',
         warmup_steps = 'linear warmup steps', dataset = 'fashion_mnist or cifar10',
         samples = 'images sampled after each epoch (0: none)',
@@ -131,6 +131,10 @@ for epoch = first_epoch, cfg.epochs do
     run:save_checkpoint({model = model:state_dict(), optimizer = opt:state_dict(),
                          scheduler = sched:state_dict(), rng = xt.get_rng_state(), epoch = epoch})
     run:plot()
+    if run:should_stop(epoch) then
+        print(string.format('stopped after epoch %d; continue with --resume %s', epoch, run.dir))
+        os.exit(0)
+    end
 end
 print(string.format('final test bits/dim %.4f (%s, %s); run directory %s', test_bpd(), cfg.dataset,
                     cfg.attention, run.dir))

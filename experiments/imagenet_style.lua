@@ -125,6 +125,10 @@ for epoch = first_epoch, cfg.epochs do
                          scheduler = sched:state_dict(), rng = xt.get_rng_state(), epoch = epoch,
                          best_top1 = best}, {best = is_best})
     run:plot()
+    if run:should_stop(epoch) then
+        print(string.format('stopped after epoch %d; continue with --resume %s', epoch, run.dir))
+        os.exit(0)
+    end
 end
 local top1, top5 = evaluate()
 print(string.format('final validation top-1 %.2f%% top-5 %.2f%% (%s); run directory %s',

@@ -4,7 +4,7 @@
 set -e
 PACKAGES="build-essential cmake pkg-config git luajit libluajit-5.1-dev libopenblas-openmp-dev
 libpng-dev zlib1g-dev libstb-dev libreadline-dev lua-busted lua-argparse lua-penlight
-lua-dkjson dataset-fashion-mnist"
+lua-dkjson dataset-fashion-mnist clang libclang-rt-dev libomp-dev"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -196,7 +196,18 @@ xt_status xt_binary_(int32_t op, xt_tensor *a, xt_tensor *b);
 xt_status xt_binary_scalar_(int32_t op, xt_tensor *a, double s);
 
 /* ---- reductions -----------------------------------------------------------
- * Over the listed dims (ndims == 0: all dims). float32 sums accumulate in double. */
+ * Over the listed dims (ndims == 0: all dims; a dim listed twice is an error); keepdim
+ * keeps them as size 1. float32 sums accumulate in double, in an order fixed by the
+ * shapes, so results do not depend on the thread count.
+ * dtypes: float32 gives float32 for every op. int64 gives int64 for sum, prod, max, min,
+ * cumsum (wrapping on overflow) and float32 for logsumexp; mean and var refuse integers,
+ * as PyTorch does. uint8: sum, prod and cumsum give int64 (a count over a 0/1 mask must
+ * not wrap at 256), max/min and max_dim/min_dim values stay uint8. argmax/argmin take
+ * every dtype; softmax/log_softmax take float32 only.
+ * Over an empty dim: sum 0, prod 1, mean and var NaN, logsumexp -inf; max, min and the
+ * index reductions refuse (there is no identity). NaN propagates through max/min and is
+ * the extreme for max_dim/argmax; ties go to the first position. The gradient of max/min
+ * over dims is shared among tied elements; that of max_dim/min_dim goes to the index. */
 
 typedef enum xt_reduce_op {
     XT_SUM = 0, XT_MEAN, XT_MAX, XT_MIN, XT_PROD, XT_LOGSUMEXP,

@@ -29,73 +29,77 @@
 
 #include <omp.h>
 
+/* Per (batch item, head) the planes live in two layouts with row stride Wp = W + kw - 1:
+ *  - padded: (y, x) at (y + ch) Wp + (x + cw), zeros around (ch = kh/2, cw = kw/2; one
+ *    spare zero row at the bottom), Pp = (H + kh) Wp floats;
+ *  - rows: (y, x) at y Wp + x, the columns x >= W unused, Q = H Wp floats.
+ * Every window sum is then kh*kw multiply-adds of whole shifted planes (one contiguous
+ * loop each, whatever the image width):
+ *   conv(X)[q]   = sum_ij F[ij] Xpad[q + i Wp + j]                  (key p + d for query p)
+ *   convT(Y)[q]  = sum_ij F[ij] Ypad[q + (2ch - i) Wp + (2cw - j)]  (queries that see key p)
+ *   corr_ij(Y,X) = sum_q Ypad[ch Wp + cw + q] Xpad[q + i Wp + j]     (a padded plane read from
+ *                  ch Wp + cw is the rows layout with zeros in the unused columns) */
 typedef struct conv_geom {
     int64_t B, C, heads, cg, H, W, P; /* cg = C / heads channels per head; P = H W */
-    int64_t kh, kw, kk;
+    int64_t kh, kw, kk, ch, cw;
+    int64_t Wp, Pp, Q, base;          /* base = ch Wp + cw */
 } conv_geom;
 
-/* out[y,x] += f * in[y+dy, x+dx] where both positions exist. */
-static inline void shifted_axpy(float *out, const float *in, float f, int64_t H, int64_t W,
-                                int64_t dy, int64_t dx)
+static void conv_geom_init(conv_geom *g)
 {
-    int64_t y0 = dy < 0 ? -dy : 0, y1 = dy > 0 ? H - dy : H;
-    int64_t x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? W - dx : W;
-    for (int64_t y = y0; y < y1; y++) {
-        float *o = out + y * W;
-        const float *s = in + (y + dy) * W + dx;
+    g->cg = g->C / g->heads, g->P = g->H * g->W, g->kk = g->kh * g->kw;
+    g->ch = g->kh / 2, g->cw = g->kw / 2;
+    g->Wp = g->W + g->kw - 1, g->Pp = (g->H + g->kh) * g->Wp, g->Q = g->H * g->Wp;
+    g->base = g->ch * g->Wp + g->cw;
+}
+
+static inline int64_t shift_of(const conv_geom *g, int64_t ij) { return ij / g->kw * g->Wp + ij % g->kw; }
+static inline int64_t tshift_of(const conv_geom *g, int64_t ij)
+{
+    return (2 * g->ch - ij / g->kw) * g->Wp + (2 * g->cw - ij % g->kw);
+}
+
+/* out[q] += f * in[q + shift] for q < n */
+static inline void axpy(float *out, const float *in, float f, int64_t n)
+{
 #pragma omp simd
-        for (int64_t x = x0; x < x1; x++) o[x] += f * s[x];
-    }
+    for (int64_t q = 0; q < n; q++) out[q] += f * in[q];
 }
 
-/* The same into a double plane. */
-static inline void shifted_axpy_d(double *out, const float *in, double f, int64_t H,
-                                  int64_t W, int64_t dy, int64_t dx)
-{
-    int64_t y0 = dy < 0 ? -dy : 0, y1 = dy > 0 ? H - dy : H;
-    int64_t x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? W - dx : W;
-    for (int64_t y = y0; y < y1; y++) {
-        double *o = out + y * W;
-        const float *s = in + (y + dy) * W + dx;
-#pragma omp simd
-        for (int64_t x = x0; x < x1; x++) o[x] += f * s[x];
-    }
-}
-
-/* sum of a[y,x] * b[y+dy, x+dx] where both positions exist. */
-static inline double shifted_dot(const float *a, const float *b, int64_t H, int64_t W,
-                                 int64_t dy, int64_t dx)
-{
-    int64_t y0 = dy < 0 ? -dy : 0, y1 = dy > 0 ? H - dy : H;
-    int64_t x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? W - dx : W;
-    double s = 0;
-    for (int64_t y = y0; y < y1; y++) {
-        const float *pa = a + y * W, *pb = b + (y + dy) * W + dx;
-        float row = 0;
-#pragma omp simd reduction(+ : row)
-        for (int64_t x = x0; x < x1; x++) row += pa[x] * pb[x];
-        s += row;
-    }
-    return s;
-}
-
-static double plane_sum(const float *x, int64_t P)
+static inline double dot(const float *a, const float *b, int64_t n)
 {
     double s = 0;
 #pragma omp simd reduction(+ : s)
-    for (int64_t p = 0; p < P; p++) s += x[p];
+    for (int64_t q = 0; q < n; q++) s += a[q] * b[q];
     return s;
 }
 
-/* The head's offsets: E = exp(k - m) into E (returns m); r = max(0, max w); F' = exp(w - r)
- * - exp(-r) and ew = exp(w - r) into F and ew (kk each). */
-static float head_setup(const conv_geom *g, const float *kp, const float *wh, float *E,
-                        float *F, float *ew, float *r_out)
+static double plane_sum(const float *x, int64_t n)
+{
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t p = 0; p < n; p++) s += x[p];
+    return s;
+}
+
+/* The head's offsets: Epad = exp(k - m) padded (returns m; *S gets its sum); r = max(0,
+ * max w); ew = exp(w - r) and F = ew - exp(-r) (kk each). */
+static float head_setup(const conv_geom *g, const float *kp, const float *wh, float *Epad,
+                        float *F, float *ew, float *r_out, double *S)
 {
     float m = -INFINITY, r = 0.0f;
     for (int64_t p = 0; p < g->P; p++) m = kp[p] > m ? kp[p] : m;
-#pragma omp simd
-    for (int64_t p = 0; p < g->P; p++) E[p] = aft_exp(kp[p] - m);
+    memset(Epad, 0, sizeof(float) * (size_t)g->Pp);
+    double sum = 0;
+    for (int64_t y = 0; y < g->H; y++) {
+        float *e = Epad + g->base + y * g->Wp;
+        const float *ky = kp + y * g->W;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t x = 0; x < g->W; x++) {
+            e[x] = aft_exp(ky[x] - m);
+            sum += e[x];
+        }
+    }
     for (int64_t d = 0; d < g->kk; d++) r = wh[d] > r ? wh[d] : r;
     float osc = expf(-r);
     for (int64_t d = 0; d < g->kk; d++) {
@@ -103,13 +107,14 @@ static float head_setup(const conv_geom *g, const float *kp, const float *wh, fl
         F[d] = ew[d] - osc;
     }
     *r_out = r;
+    *S = sum;
     return m;
 }
 
 /* The bias between query p and key pk: w inside the window, 0 outside. */
 static inline float conv_bias(const conv_geom *g, const float *wh, int64_t p, int64_t pk)
 {
-    int64_t i = pk / g->W - p / g->W + g->kh / 2, j = pk % g->W - p % g->W + g->kw / 2;
+    int64_t i = pk / g->W - p / g->W + g->ch, j = pk % g->W - p % g->W + g->cw;
     return i >= 0 && i < g->kh && j >= 0 && j < g->kw ? wh[i * g->kw + j] : 0.0f;
 }
 
@@ -125,54 +130,73 @@ static double direct_lse(const conv_geom *g, const float *kp, const float *wh, i
     return M + log(s);
 }
 
+/* Scratch per task, in floats (the doubles take two). */
+static int64_t conv_scratch_floats(const conv_geom *g) { return 4 * g->Pp + 10 * g->Q + 2 * g->kk; }
+
 /* ---- forward -------------------------------------------------------------------------- */
 
-/* One (b, head): y and A for its channels, lam [P] = log(den) relative to m + r. */
+/* One (b, head): y and A [cg,H,W] for its channels, lam [H,W] = log(den) relative to m + r. */
 static void conv_forward_head(const conv_geom *g, const float *q, const float *kp,
                               const float *v, const float *wh, float *y, float *A, float *lam,
-                              float *scratch, double *dscratch)
+                              float *scratch)
 {
-    int64_t P = g->P, H = g->H, W = g->W;
-    float *E = scratch, *X = E + P, *num = X + P, *F = num + P, *ew = F + g->kk;
-    double *cnt = dscratch, *inw = cnt + P;
-    float r, m = head_setup(g, kp, wh, E, F, ew, &r);
-    double osc = exp(-(double)r), S = plane_sum(E, P);
+    int64_t H = g->H, W = g->W, Wp = g->Wp, Q = g->Q, P = g->P;
+    float *Epad = scratch, *Xpad = Epad + g->Pp, *num = Xpad + g->Pp, *den = num + Q;
+    float *F = den + Q, *ew = F + g->kk;
+    double *cnt = (double *)(ew + g->kk), *inw = cnt + Q;
+    double S;
+    float r, m = head_setup(g, kp, wh, Epad, F, ew, &r, &S);
+    double osc = exp(-(double)r);
 
-    /* den = exp(-r) (S - window keys) + window keys weighted by exp(w - r) */
-    for (int64_t p = 0; p < P; p++) cnt[p] = inw[p] = 0;
-    for (int64_t i = 0; i < g->kh; i++)
-        for (int64_t j = 0; j < g->kw; j++) {
-            int64_t dy = i - g->kh / 2, dx = j - g->kw / 2;
-            shifted_axpy_d(cnt, E, 1.0, H, W, dy, dx);
-            shifted_axpy_d(inw, E, ew[i * g->kw + j], H, W, dy, dx);
+    /* den = exp(-r) (S - window keys) + window keys weighted by exp(w - r); the outside
+     * part is >= 0 exactly, so clamping it keeps den > 0 through rounding */
+    for (int64_t i = 0; i < Q; i++) cnt[i] = inw[i] = 0;
+    for (int64_t d = 0; d < g->kk; d++) {
+        const float *e = Epad + shift_of(g, d);
+        double f = ew[d];
+#pragma omp simd
+        for (int64_t i = 0; i < Q; i++) {
+            cnt[i] += e[i];
+            inw[i] += f * e[i];
         }
-    int64_t flagged = 0;
-    for (int64_t p = 0; p < P; p++) {
-        double out = S - cnt[p], den = osc * (out > 0 ? out : 0) + inw[p];
-        bool ok = den >= AFT_TINY;
-        lam[p] = ok ? (float)log(den) : (float)(direct_lse(g, kp, wh, p) - m - r);
-        cnt[p] = ok ? den : 0; /* now den, or 0 for a direct output */
-        flagged += !ok;
     }
+    int64_t flagged = 0;
+    for (int64_t yy = 0; yy < H; yy++)
+        for (int64_t x = 0; x < W; x++) {
+            int64_t i = yy * Wp + x, p = yy * W + x;
+            double out = S - cnt[i], d = osc * (out > 0 ? out : 0) + inw[i];
+            bool ok = d >= AFT_TINY;
+            lam[p] = ok ? aft_log((float)d) : (float)(direct_lse(g, kp, wh, p) - m - r);
+            den[i] = ok ? (float)d : 0.0f; /* 0: a direct output */
+            flagged += !ok;
+        }
+    memset(Xpad, 0, sizeof(float) * (size_t)g->Pp);
     for (int64_t c = 0; c < g->cg; c++) {
         const float *vc = v + c * P, *qc = q + c * P;
         float *yc = y + c * P, *ac = A + c * P;
+        for (int64_t yy = 0; yy < H; yy++) {
+            float *xr = Xpad + g->base + yy * Wp;
+            const float *er = Epad + g->base + yy * Wp, *vr = vc + yy * W;
 #pragma omp simd
-        for (int64_t p = 0; p < P; p++) X[p] = E[p] * vc[p];
-        float sv = (float)(osc * plane_sum(X, P));
-        for (int64_t p = 0; p < P; p++) num[p] = sv;
-        for (int64_t i = 0; i < g->kh; i++)
-            for (int64_t j = 0; j < g->kw; j++)
-                shifted_axpy(num, X, F[i * g->kw + j], H, W, i - g->kh / 2, j - g->kw / 2);
-        for (int64_t p = 0; p < P; p++) {
-            float a = cnt[p] > 0 ? (float)(num[p] / cnt[p]) : 0.0f;
-            ac[p] = a;
-            yc[p] = aft_sigmoid(qc[p]) * a;
+            for (int64_t x = 0; x < W; x++) xr[x] = er[x] * vr[x];
+        }
+        float sv = (float)(osc * plane_sum(Xpad, g->Pp));
+        for (int64_t i = 0; i < Q; i++) num[i] = sv;
+        for (int64_t d = 0; d < g->kk; d++) axpy(num, Xpad + shift_of(g, d), F[d], Q);
+        for (int64_t yy = 0; yy < H; yy++) {
+            const float *nr = num + yy * Wp, *dr = den + yy * Wp, *qr = qc + yy * W;
+            float *ar = ac + yy * W, *yr = yc + yy * W;
+#pragma omp simd
+            for (int64_t x = 0; x < W; x++) {
+                float a = dr[x] > 0 ? nr[x] / dr[x] : 0.0f;
+                ar[x] = a;
+                yr[x] = aft_sigmoid(qr[x]) * a;
+            }
         }
     }
     if (flagged == 0) return;
     for (int64_t p = 0; p < P; p++) {
-        if (cnt[p] > 0) continue;
+        if (den[p / W * Wp + p % W] > 0) continue;
         double L = (double)lam[p] + m + r;
         for (int64_t c = 0; c < g->cg; c++) {
             const float *vc = v + c * P;
@@ -185,32 +209,24 @@ static void conv_forward_head(const conv_geom *g, const float *q, const float *k
     }
 }
 
-/* Scratch per thread: floats and doubles. */
-static int64_t conv_scratch_floats(const conv_geom *g) { return 8 * g->P + 2 * g->kk; }
-
 static xt_status conv_forward(const conv_geom *g, const float *q, const float *k, const float *v,
                               const float *w, float *y, float *A, float *lam)
 {
     int nt = omp_get_max_threads();
-    int64_t nf = conv_scratch_floats(g), nd = 2 * g->P;
-    xt_tensor *hold[2] = {NULL, NULL};
-    float *scratch = aft_buffer(&hold[0], nf * nt);
-    double *dscratch = (double *)aft_buffer(&hold[1], 2 * nd * nt);
-    if (!scratch || !dscratch) {
-        aft_release(2, hold);
-        return xt_last_status();
-    }
+    int64_t nf = conv_scratch_floats(g);
+    xt_tensor *hold = NULL;
+    float *scratch = aft_buffer(&hold, nf * nt);
+    if (!scratch) return xt_last_status();
     int64_t tasks = g->B * g->heads;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) \
     if (g->B * g->C * g->P * g->kk > XT_PARALLEL_GRAIN)
     for (int64_t task = 0; task < tasks; task++) {
         int64_t b = task / g->heads, i = task % g->heads;
         int64_t off = (b * g->C + i * g->cg) * g->P;
-        int tid = omp_get_thread_num();
         conv_forward_head(g, q + off, k + task * g->P, v + off, w + i * g->kk, y + off, A + off,
-                          lam + task * g->P, scratch + tid * nf, dscratch + tid * nd);
+                          lam + task * g->P, scratch + omp_get_thread_num() * nf);
     }
-    aft_release(2, hold);
+    xt_tensor_release(hold);
     return XT_OK;
 }
 
@@ -221,80 +237,90 @@ typedef struct conv_grads {
     double *dw;          /* [B, heads, kk] partial sums, or NULL */
 } conv_grads;
 
-/* One (b, head). Offsets into the tensors are applied by the caller. */
+/* One (b, head); the caller offsets the tensors to it. */
 static void conv_backward_head(const conv_geom *g, const float *q, const float *kp,
                                const float *v, const float *wh, const float *A,
                                const float *lam, const float *G, float *dq, float *dkp,
                                float *dv, double *dw, float *scratch)
 {
-    int64_t P = g->P, H = g->H, W = g->W, kk = g->kk;
-    float *E = scratch, *X = E + P, *hn = X + P, *U = hn + P, *a = U + P, *vu = a + P;
-    float *ua = vu + P, *inv = ua + P, *F = inv + P, *ew = F + kk;
-    float r, m = head_setup(g, kp, wh, E, F, ew, &r);
+    int64_t H = g->H, W = g->W, Wp = g->Wp, Q = g->Q, P = g->P, kk = g->kk;
+    float *Epad = scratch, *Xpad = Epad + g->Pp, *hpad = Xpad + g->Pp, *apad = hpad + g->Pp;
+    float *inv = apad + g->Pp, *U = inv + Q, *vu = U + Q, *ua = vu + Q, *F = ua + Q, *ew = F + kk;
+    double S;
+    float r, m = head_setup(g, kp, wh, Epad, F, ew, &r, &S);
     float osc = expf(-r);
     bool need_kv = dkp || dv;
     int64_t flagged = 0;
     for (int64_t p = 0; p < P; p++) {
         bool ok = lam[p] >= AFT_LOG_TINY;
-        inv[p] = ok ? aft_exp(-lam[p]) : 0.0f; /* direct outputs are handled below */
+        inv[p / W * Wp + p % W] = ok ? aft_exp(-lam[p]) : 0.0f; /* direct ones: below */
         flagged += !ok;
-        a[p] = 0;
-        vu[p] = 0;
     }
+    memset(Xpad, 0, sizeof(float) * (size_t)g->Pp);
+    memset(hpad, 0, sizeof(float) * (size_t)g->Pp);
+    memset(apad, 0, sizeof(float) * (size_t)g->Pp);
+    memset(vu, 0, sizeof(float) * (size_t)Q);
     for (int64_t c = 0; c < g->cg; c++) {
         const float *qc = q + c * P, *gc = G + c * P, *ac = A + c * P, *vc = v + c * P;
+        /* hn = G sigmoid(q) / den and a += hn A, padded; dq */
+        for (int64_t yy = 0; yy < H; yy++) {
+            float *hr = hpad + g->base + yy * Wp, *sr = apad + g->base + yy * Wp;
+            const float *ir = inv + yy * Wp;
+            int64_t o = yy * W;
 #pragma omp simd
-        for (int64_t p = 0; p < P; p++) {
-            float s = aft_sigmoid(qc[p]);
-            if (dq) dq[c * P + p] = gc[p] * ac[p] * s * (1.0f - s);
-            hn[p] = gc[p] * s * inv[p];
-            a[p] += hn[p] * ac[p];
+            for (int64_t x = 0; x < W; x++) {
+                float s = aft_sigmoid(qc[o + x]);
+                if (dq) dq[c * P + o + x] = gc[o + x] * ac[o + x] * s * (1.0f - s);
+                hr[x] = gc[o + x] * s * ir[x];
+                sr[x] += hr[x] * ac[o + x];
+            }
         }
-        if (!need_kv && !dw) continue;
         if (need_kv) {
-            float hs = (float)(osc * plane_sum(hn, P));
-            for (int64_t p = 0; p < P; p++) U[p] = hs;
-            for (int64_t i = 0; i < g->kh; i++)
-                for (int64_t j = 0; j < g->kw; j++)
-                    shifted_axpy(U, hn, F[i * g->kw + j], H, W, g->kh / 2 - i, g->kw / 2 - j);
+            float hs = (float)(osc * plane_sum(hpad, g->Pp));
+            for (int64_t i = 0; i < Q; i++) U[i] = hs;
+            for (int64_t d = 0; d < kk; d++) axpy(U, hpad + tshift_of(g, d), F[d], Q);
+            for (int64_t yy = 0; yy < H; yy++) {
+                const float *ur = U + yy * Wp, *er = Epad + g->base + yy * Wp, *vr = vc + yy * W;
+                float *vur = vu + yy * Wp;
 #pragma omp simd
-            for (int64_t p = 0; p < P; p++) {
-                if (dv) dv[c * P + p] = E[p] * U[p];
-                vu[p] += vc[p] * U[p];
+                for (int64_t x = 0; x < W; x++) {
+                    if (dv) dv[c * P + yy * W + x] = er[x] * ur[x];
+                    vur[x] += vr[x] * ur[x];
+                }
             }
         }
         if (dw) {
+            for (int64_t yy = 0; yy < H; yy++) {
+                float *xr = Xpad + g->base + yy * Wp;
+                const float *er = Epad + g->base + yy * Wp, *vr = vc + yy * W;
 #pragma omp simd
-            for (int64_t p = 0; p < P; p++) X[p] = E[p] * vc[p];
-            for (int64_t i = 0; i < g->kh; i++)
-                for (int64_t j = 0; j < g->kw; j++)
-                    dw[i * g->kw + j] += (double)ew[i * g->kw + j] *
-                                         shifted_dot(hn, X, H, W, i - g->kh / 2, j - g->kw / 2);
+                for (int64_t x = 0; x < W; x++) xr[x] = er[x] * vr[x];
+            }
+            for (int64_t d = 0; d < kk; d++)
+                dw[d] += ew[d] * dot(hpad + g->base, Xpad + shift_of(g, d), Q);
         }
     }
     if (dkp) {
-        float as = (float)(osc * plane_sum(a, P));
-        for (int64_t p = 0; p < P; p++) ua[p] = as;
-        for (int64_t i = 0; i < g->kh; i++)
-            for (int64_t j = 0; j < g->kw; j++)
-                shifted_axpy(ua, a, F[i * g->kw + j], H, W, g->kh / 2 - i, g->kw / 2 - j);
+        float as = (float)(osc * plane_sum(apad, g->Pp));
+        for (int64_t i = 0; i < Q; i++) ua[i] = as;
+        for (int64_t d = 0; d < kk; d++) axpy(ua, apad + tshift_of(g, d), F[d], Q);
+        for (int64_t yy = 0; yy < H; yy++) {
+            const float *er = Epad + g->base + yy * Wp, *vur = vu + yy * Wp, *uar = ua + yy * Wp;
 #pragma omp simd
-        for (int64_t p = 0; p < P; p++) dkp[p] = E[p] * (vu[p] - ua[p]);
+            for (int64_t x = 0; x < W; x++) dkp[yy * W + x] = er[x] * (vur[x] - uar[x]);
+        }
     }
     if (dw)
-        for (int64_t i = 0; i < g->kh; i++)
-            for (int64_t j = 0; j < g->kw; j++)
-                dw[i * g->kw + j] -= (double)ew[i * g->kw + j] *
-                                     shifted_dot(a, E, H, W, i - g->kh / 2, j - g->kw / 2);
+        for (int64_t d = 0; d < kk; d++)
+            dw[d] -= ew[d] * dot(apad + g->base, Epad + shift_of(g, d), Q);
     if (flagged == 0) return;
     /* direct sums for the outputs whose den underflowed: alpha = exp(k + w' - L) */
     for (int64_t p = 0; p < P; p++) {
         if (lam[p] >= AFT_LOG_TINY) continue;
         double L = (double)lam[p] + m + r;
         for (int64_t pk = 0; pk < P; pk++) {
-            float bias = conv_bias(g, wh, p, pk);
-            float alpha = (float)exp((double)kp[pk] + bias - L);
-            int64_t i = pk / W - p / W + g->kh / 2, j = pk % W - p % W + g->kw / 2;
+            float alpha = (float)exp((double)kp[pk] + conv_bias(g, wh, p, pk) - L);
+            int64_t i = pk / W - p / W + g->ch, j = pk % W - p % W + g->cw;
             bool in_window = i >= 0 && i < g->kh && j >= 0 && j < g->kw;
             double gk = 0;
             for (int64_t c = 0; c < g->cg; c++) {
@@ -342,7 +368,7 @@ static xt_status aft_conv_backward(xt_node *node, xt_tensor *dout, xt_tensor **d
     xt_tensor *q = s[0], *k = s[1], *w = s[3];
     conv_geom g = {.B = q->shape[0], .C = q->shape[1], .heads = k->shape[1], .H = q->shape[2],
                    .W = q->shape[3], .kh = w->shape[1], .kw = w->shape[2]};
-    g.cg = g.C / g.heads, g.P = g.H * g.W, g.kk = g.kh * g.kw;
+    conv_geom_init(&g);
 
     xt_tensor *gc = xt_contiguous(dout);
     xt_tensor *dt[4] = {NULL, NULL, NULL, NULL};
@@ -425,7 +451,7 @@ xt_tensor *xt_aft_conv(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w)
     if (conv_check(q, k, v, w)) return NULL;
     conv_geom g = {.B = q->shape[0], .C = q->shape[1], .heads = k->shape[1], .H = q->shape[2],
                    .W = q->shape[3], .kh = w->shape[1], .kw = w->shape[2]};
-    g.cg = g.C / g.heads, g.P = g.H * g.W, g.kk = g.kh * g.kw;
+    conv_geom_init(&g);
 
     xt_tensor *qc = aft_dense(q), *kc = aft_dense(k), *vc = aft_dense(v), *wc = aft_dense(w);
     xt_tensor *y = xt_empty(4, q->shape, XT_FLOAT32), *A = xt_empty(4, q->shape, XT_FLOAT32);

@@ -13,17 +13,19 @@
  *
  * Layout: all batch items and channels are stacked as [T, J], J = 2BD; columns
  * [2Db, 2Db + D) hold E V of item b and the next D hold E. The window part is one GEMM
- * per block of Tb query rows: P_blk [Tb, width] (exp(w - r) on the band, 0 off it) times
- * the stack's rows [c0, c0 + width), the only keys those queries see in their windows.
- * The outside part is running sums over time (in double) of the stack: the keys before
- * the window, plus those after it when not causal. Memory: three or four [T,J] buffers
- * and P_blk; nothing T x T besides w and its gradient.
+ * per block of Tb query rows: P_blk [Tb, width] (exp(w - r) on the band, 0 off it, made
+ * on the fly from w) times the stack's rows [c0, c0 + width), the only keys those queries
+ * see in their windows; blocks run on different threads. The outside part is running
+ * sums over time (in double) of the stack: the keys before the window, plus those after
+ * it when not causal. Memory: three or four [T,J] buffers and one P_blk per thread;
+ * nothing T x T besides w and its gradient.
  *
  * Backward (research notes section 5), H = G sigmoid(q), Hn = H / den:
  *   Y2 = [Hn | Hn A] stacked like the forward; Z = P'^T Y2 with P' every weight
  *   exp(w' - r) (the window by GEMMs, the outside by running sums); U, W2 its two halves;
  *   dV = E U,   dK = E (V U - W2),   dq = G A sigmoid(q) (1 - sigmoid(q)),
  *   dw[t,t'] = P[t,t'] (Y2[t] . [E V | -E][t'])  on the window (one GEMM per block).
+ * Z is made per block of keys and dw per block of queries, so every block owns its rows.
  */
 #include "aft.h"
 
@@ -95,21 +97,75 @@ static void row_offsets(const band *g, const float *w, float *r, float *out_scal
     }
 }
 
-/* P [t1 - t0, width]: exp(w[t,c0 + j] - r[t]) on query t's window, 0 elsewhere. */
+/* P [t1 - t0, c1 - c0]: exp(w[t,t'] - r[t]) for the keys t' in [c0, c1) inside query t's
+ * window, 0 for the others. Runs on the calling thread (blocks are spread over threads). */
 static void band_weights(const band *g, const float *w, const float *r, int64_t t0, int64_t t1,
-                         int64_t c0, int64_t width, float *P)
+                         int64_t c0, int64_t c1, float *P)
 {
-#pragma omp parallel for schedule(static) if ((t1 - t0) * width > XT_PARALLEL_GRAIN)
+    int64_t width = c1 - c0;
     for (int64_t t = t0; t < t1; t++) {
         float *p = P + (t - t0) * width;
         const float *wr = w + t * g->T + c0;
         int64_t lo = win_lo(g, t) - c0, hi = win_hi(g, t) - c0;
+        lo = lo < 0 ? 0 : lo > width ? width : lo;
+        hi = hi < lo ? lo : hi > width ? width : hi;
         float rt = r[t];
         for (int64_t j = 0; j < lo; j++) p[j] = 0.0f;
 #pragma omp simd
         for (int64_t j = lo; j < hi; j++) p[j] = aft_exp(wr[j] - rt);
         for (int64_t j = hi; j < width; j++) p[j] = 0.0f;
     }
+}
+
+/* GEMM blocks. The window part is tiled two ways, each with disjoint output rows so that
+ * blocks run on different threads (each GEMM single-threaded inside the parallel loop;
+ * one parallel region per pass rather than one per block, which matters on a busy machine):
+ *  - query block i: queries [t0, t1) = [i Tb, (i+1) Tb) and the keys [c0, c1) their
+ *    windows cover (forward num/den rows, backward dw rows);
+ *  - key block i: keys [c0, c1) = [i Tb, (i+1) Tb) and the queries [t0, t1) whose
+ *    windows reach them (backward rows of Z = P'^T Y).
+ * Blocks are handed out largest first (causal AFT-full's are triangular). */
+typedef struct block {
+    int64_t t0, t1, c0, c1;
+} block;
+
+static int64_t block_count(const band *g) { return (g->T + g->tb - 1) / g->tb; }
+
+/* Block i of the given kind, counted so that i = 0 is the last (largest when causal). */
+static block query_block(const band *g, int64_t i)
+{
+    block b;
+    b.t0 = (block_count(g) - 1 - i) * g->tb;
+    b.t1 = b.t0 + g->tb < g->T ? b.t0 + g->tb : g->T;
+    b.c0 = win_lo(g, b.t0);
+    b.c1 = win_hi(g, b.t1 - 1);
+    return b;
+}
+
+static block key_block(const band *g, int64_t i)
+{
+    block b;
+    int64_t T = g->T, s = g->s;
+    b.c0 = i * g->tb;
+    b.c1 = b.c0 + g->tb < T ? b.c0 + g->tb : T;
+    /* queries t with lo(t) < c1 and hi(t) > c0 (s >= 1): t > c0 - s, and t >= c0 causally;
+     * t < c1 + s - 1 */
+    b.t0 = g->causal ? b.c0 : b.c0 - s + 1 > 0 ? b.c0 - s + 1 : 0;
+    b.t1 = b.c1 + s - 1 < T ? b.c1 + s - 1 : T;
+    return b;
+}
+
+/* Floats of P scratch per thread: the largest block of either kind. */
+static int64_t block_scratch(const band *g)
+{
+    int64_t most = 1;
+    for (int64_t i = 0; i < block_count(g); i++) {
+        block q = query_block(g, i), k = key_block(g, i);
+        int64_t a = (q.t1 - q.t0) * (q.c1 - q.c0), b = (k.t1 - k.t0) * (k.c1 - k.c0);
+        most = a > most ? a : most;
+        most = b > most ? b : most;
+    }
+    return most;
 }
 
 enum { COLS = 64 }; /* columns per task of the running sums */
@@ -195,18 +251,6 @@ static void outside_backward(const band *g, const float *Y, const float *out_sca
     }
 }
 
-/* The widest block's key range, for sizing P_blk. */
-static int64_t max_width(const band *g)
-{
-    int64_t wmax = 0;
-    for (int64_t t0 = 0; t0 < g->T; t0 += g->tb) {
-        int64_t t1 = t0 + g->tb < g->T ? t0 + g->tb : g->T;
-        int64_t width = win_hi(g, t1 - 1) - win_lo(g, t0);
-        if (width > wmax) wmax = width;
-    }
-    return wmax;
-}
-
 /* Exact output for one (b, t, c) whose scaled denominator underflowed: a direct sum over
  * the allowed keys with the max of k + w' as offset, in double. Returns A; *lam gets
  * log(den) relative to the offsets m_c + r_t. */
@@ -239,7 +283,9 @@ static xt_status band_forward(const band *g, const float *q, const float *k,
     xt_tensor *hold[6] = {NULL};
     float *m = aft_buffer(&hold[0], B * D), *r = aft_buffer(&hold[1], T);
     float *osc = aft_buffer(&hold[2], T), *X = aft_buffer(&hold[3], T * J);
-    float *ND = aft_buffer(&hold[4], T * J), *P = aft_buffer(&hold[5], g->tb * max_width(g));
+    int nt = omp_get_max_threads();
+    int64_t per_thread = block_scratch(g);
+    float *ND = aft_buffer(&hold[4], T * J), *P = aft_buffer(&hold[5], per_thread * nt);
     if (!m || !r || !osc || !X || !ND || !P) {
         aft_release(6, hold);
         return xt_last_status();
@@ -264,16 +310,20 @@ static xt_status band_forward(const band *g, const float *q, const float *k,
     bool outside = false;
     for (int64_t t = 0; t < T && !outside; t++) outside = has_outside(g, t);
     if (outside) outside_forward(g, X, osc, ND);
-    for (int64_t t0 = 0; t0 < T; t0 += g->tb) {
-        int64_t t1 = t0 + g->tb < T ? t0 + g->tb : T;
-        int64_t c0 = win_lo(g, t0), width = win_hi(g, t1 - 1) - c0;
-        if (width == 0) {
-            if (!outside) memset(ND + t0 * J, 0, sizeof(float) * (size_t)((t1 - t0) * J));
+    /* ND[t0:t1] (+)= P_blk X[c0:c1] per query block */
+    float beta = outside ? 1.0f : 0.0f;
+    bool parallel_blocks = block_count(g) > 1 && T * J > XT_PARALLEL_GRAIN;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (parallel_blocks)
+    for (int64_t i = 0; i < block_count(g); i++) {
+        block b = query_block(g, i);
+        float *Pt = P + omp_get_thread_num() * per_thread;
+        if (b.c1 == b.c0) {
+            if (!outside) memset(ND + b.t0 * J, 0, sizeof(float) * (size_t)((b.t1 - b.t0) * J));
             continue;
         }
-        band_weights(g, w, r, t0, t1, c0, width, P);
-        xt_sgemm(false, false, t1 - t0, J, width, 1.0f, P, width, X + c0 * J, J,
-                 outside ? 1.0f : 0.0f, ND + t0 * J, J);
+        band_weights(g, w, r, b.t0, b.t1, b.c0, b.c1, Pt);
+        xt_sgemm(false, false, b.t1 - b.t0, J, b.c1 - b.c0, 1.0f, Pt, b.c1 - b.c0, X + b.c0 * J,
+                 J, beta, ND + b.t0 * J, J);
     }
 
     /* A = num / den, y = sigmoid(q) A; count the outputs whose den underflowed */
@@ -377,7 +427,9 @@ static xt_status band_backward_kernel(const band *g, const float *q,
     float *Y = need_Y ? aft_buffer(&hold[3], T * J) : NULL;      /* [T,J] */
     float *Z = need_kv ? aft_buffer(&hold[4], T * J) : NULL;     /* [T,J] */
     float *X = need_w ? aft_buffer(&hold[5], T * J) : NULL;      /* [T,J] */
-    float *P = need_Y ? aft_buffer(&hold[6], g->tb * max_width(g)) : NULL;
+    int nt = omp_get_max_threads();
+    int64_t per_thread = block_scratch(g);
+    float *P = need_Y ? aft_buffer(&hold[6], per_thread * nt) : NULL;
     if (!m || !r || !osc || (need_Y && (!Y || !P)) || (need_kv && !Z) || (need_w && !X)) {
         aft_release(7, hold);
         return xt_last_status();
@@ -433,24 +485,35 @@ static xt_status band_backward_kernel(const band *g, const float *q,
             if (outside) outside_backward(g, Y, osc, Z);
             else memset(Z, 0, sizeof(float) * (size_t)(T * J));
         }
-        for (int64_t t0 = 0; t0 < T; t0 += g->tb) {
-            int64_t t1 = t0 + g->tb < T ? t0 + g->tb : T, tn = t1 - t0;
-            int64_t c0 = win_lo(g, t0), width = win_hi(g, t1 - 1) - c0;
-            if (width == 0) continue;
-            band_weights(g, w, r, t0, t1, c0, width, P);
-            if (need_kv)
-                xt_sgemm(true, false, width, J, tn, 1.0f, P, width, Y + t0 * J, J, 1.0f,
-                         Z + c0 * J, J);
-            if (need_w) {
-                float *dw0 = d.dw + t0 * T + c0;
-                xt_sgemm(false, true, tn, width, J, 1.0f, Y + t0 * J, J, X + c0 * J, J, 0.0f,
-                         dw0, T);
-#pragma omp parallel for schedule(static) if (tn * width > XT_PARALLEL_GRAIN)
-                for (int64_t i = 0; i < tn; i++) {
-                    float *row = dw0 + i * T;
-                    const float *p = P + i * width;
+        bool parallel_blocks = block_count(g) > 1 && T * J > XT_PARALLEL_GRAIN;
+        if (g->s > 0 && need_kv) {
+            /* Z[c0:c1] += P[t0:t1, c0:c1]^T Y[t0:t1] per key block */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (parallel_blocks)
+            for (int64_t i = 0; i < block_count(g); i++) {
+                block b = key_block(g, i);
+                float *Pt = P + omp_get_thread_num() * per_thread;
+                int64_t kn = b.c1 - b.c0;
+                band_weights(g, w, r, b.t0, b.t1, b.c0, b.c1, Pt);
+                xt_sgemm(true, false, kn, J, b.t1 - b.t0, 1.0f, Pt, kn, Y + b.t0 * J, J, 1.0f,
+                         Z + b.c0 * J, J);
+            }
+        }
+        if (g->s > 0 && need_w) {
+            /* dw[t0:t1, c0:c1] = P_blk * (Y[t0:t1] [E V | -E][c0:c1]^T) per query block */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (parallel_blocks)
+            for (int64_t i = 0; i < block_count(g); i++) {
+                block b = query_block(g, i);
+                float *Pt = P + omp_get_thread_num() * per_thread;
+                int64_t tn = b.t1 - b.t0, width = b.c1 - b.c0;
+                float *dw0 = d.dw + b.t0 * T + b.c0;
+                band_weights(g, w, r, b.t0, b.t1, b.c0, b.c1, Pt);
+                xt_sgemm(false, true, tn, width, J, 1.0f, Y + b.t0 * J, J, X + b.c0 * J, J,
+                         0.0f, dw0, T);
+                for (int64_t row = 0; row < tn; row++) {
+                    float *o = dw0 + row * T;
+                    const float *p = Pt + row * width;
 #pragma omp simd
-                    for (int64_t j = 0; j < width; j++) row[j] *= p[j];
+                    for (int64_t j = 0; j < width; j++) o[j] *= p[j];
                 }
             }
         }

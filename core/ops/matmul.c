@@ -168,7 +168,11 @@ static xt_status batched_gemm(int32_t nb, const int64_t *bshape, mat a, mat b, m
     for (int32_t d = 0; d < n; d++) shared_c |= c.bs[d] == 0;
     /* Small products: one BLAS call per thread beats threading inside each call (OpenBLAS
      * runs single-threaded inside a parallel region). Shared outputs go in order. */
-    bool parallel = !shared_c && count > 1 && c.rows * c.cols * a.cols < ((int64_t)1 << 21);
+    int64_t each = c.rows * c.cols * (a.cols > 0 ? a.cols : 1);
+    /* ...but a fork costs more than a handful of tiny products (decoding steps): only go
+     * parallel when the batch holds enough work. */
+    bool parallel = !shared_c && count > 1 && each < ((int64_t)1 << 21) &&
+                    count * each >= XT_PARALLEL_GRAIN * 4;
 #pragma omp parallel for if (parallel) schedule(static)
     for (int64_t i = 0; i < count; i++) {
         mat ai = a, bi = b, ci = c;

@@ -1,7 +1,7 @@
 /*
  * reduce.h: the reduction engine that reduce.c (sum, mean, amax, amin, prod, logsumexp,
- * var), sum_to.c and the index reductions share. Private to core/ops/reduce*.c, sum_to.c,
- * softmax.c.
+ * var) and sum_to.c run on, and the helpers the other reduction files (reduce_index.c,
+ * reduce_cumsum.c, softmax.c) share. Private to those files.
  *
  * A plan looks at x through its strides: the kept dims (in x's order, which is the
  * output's order) and the reduced dims (largest stride first), size-1 dims dropped and
@@ -49,14 +49,15 @@ typedef struct xt_rplan {
     int64_t cstride;               /* columns mode: x's stride between neighbouring outputs */
 } xt_rplan;
 
-/* The kernels of one reduction. acc points at accumulators (8 bytes each); shift, when
- * the caller passes one to xt_rplan_run, holds one double per output (the max for an
- * exp-sum, the mean for squared deviations) and points at the current output's. */
+/* One accumulator: f for float32 input, i for int64. */
 typedef union xt_racc {
     double f;
     int64_t i;
 } xt_racc;
 
+/* The kernels of one reduction. acc points at accumulators; shift, when the caller
+ * passes one to xt_rplan_run, holds one double per output (the max for an exp-sum, the
+ * mean for squared deviations) and points at the current output's. */
 typedef struct xt_rkernel {
     xt_racc identity;              /* what an accumulator starts from */
     /* rows: fold the contiguous x[0..n) into the single accumulator *acc */

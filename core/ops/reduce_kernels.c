@@ -110,8 +110,10 @@ const xt_rkernel xt_rk_f32_prod = {{.f = 1.0}, f32_prod_row, f32_prod_col, f64_m
 /* ---- float32: max and min ------------------------------------------------------------ */
 
 /* a folded with b: b when it beats a or is NaN (so a NaN, once in, stays) */
-#define FOLD_MAX(a, b) (((b) > (a) || (b) != (b)) ? (b) : (a))
-#define FOLD_MIN(a, b) (((b) < (a) || (b) != (b)) ? (b) : (a))
+static inline double fold_max(double a, double b) { return b > a || b != b ? b : a; }
+static inline double fold_min(double a, double b) { return b < a || b != b ? b : a; }
+static inline float fold_maxf(float a, float b) { return b > a || b != b ? b : a; }
+static inline float fold_minf(float a, float b) { return b < a || b != b ? b : a; }
 
 static void f32_max_row(void *acc, const void *xv, int64_t n, const double *shift)
 {
@@ -123,11 +125,11 @@ static void f32_max_row(void *acc, const void *xv, int64_t n, const double *shif
         for (int j = 0; j < LANES; j++) lane[j] = x[j];
         for (i = LANES; i + LANES <= n; i += LANES) {
 #pragma omp simd
-            for (int j = 0; j < LANES; j++) lane[j] = FOLD_MAX(lane[j], x[i + j]);
+            for (int j = 0; j < LANES; j++) lane[j] = fold_maxf(lane[j], x[i + j]);
         }
-        for (int j = 0; j < LANES; j++) m = FOLD_MAX(m, (double)lane[j]);
+        for (int j = 0; j < LANES; j++) m = fold_max(m, (double)lane[j]);
     }
-    for (; i < n; i++) m = FOLD_MAX(m, (double)x[i]);
+    for (; i < n; i++) m = fold_max(m, (double)x[i]);
     *(double *)acc = m;
 }
 
@@ -141,46 +143,60 @@ static void f32_min_row(void *acc, const void *xv, int64_t n, const double *shif
         for (int j = 0; j < LANES; j++) lane[j] = x[j];
         for (i = LANES; i + LANES <= n; i += LANES) {
 #pragma omp simd
-            for (int j = 0; j < LANES; j++) lane[j] = FOLD_MIN(lane[j], x[i + j]);
+            for (int j = 0; j < LANES; j++) lane[j] = fold_minf(lane[j], x[i + j]);
         }
-        for (int j = 0; j < LANES; j++) m = FOLD_MIN(m, (double)lane[j]);
+        for (int j = 0; j < LANES; j++) m = fold_min(m, (double)lane[j]);
     }
-    for (; i < n; i++) m = FOLD_MIN(m, (double)x[i]);
+    for (; i < n; i++) m = fold_min(m, (double)x[i]);
     *(double *)acc = m;
 }
 
 static void f32_max_col(void *acc, const void *xv, int64_t n, int64_t s, int64_t m,
                         int64_t ms, const double *shift)
 {
+    const float *x = xv;
     double *a = acc;
-    for (int64_t r = 0; r < m; r++) {
-        const float *x = (const float *)xv + r * ms;
-        for (int64_t j = 0; j < n; j++) a[j] = FOLD_MAX(a[j], (double)x[j * s]);
+    int64_t r = 0;
+    for (; r + 4 <= m; r += 4) {   /* four runs per pass over the accumulators */
+        const float *x0 = x + r * ms, *x1 = x0 + ms, *x2 = x1 + ms, *x3 = x2 + ms;
+        for (int64_t j = 0; j < n; j++) {
+            double v = fold_max(fold_max(a[j], (double)x0[j * s]), (double)x1[j * s]);
+            a[j] = fold_max(fold_max(v, (double)x2[j * s]), (double)x3[j * s]);
+        }
     }
+    for (; r < m; r++)
+        for (int64_t j = 0; j < n; j++) a[j] = fold_max(a[j], (double)x[r * ms + j * s]);
 }
 
 static void f32_min_col(void *acc, const void *xv, int64_t n, int64_t s, int64_t m,
                         int64_t ms, const double *shift)
 {
+    const float *x = xv;
     double *a = acc;
-    for (int64_t r = 0; r < m; r++) {
-        const float *x = (const float *)xv + r * ms;
-        for (int64_t j = 0; j < n; j++) a[j] = FOLD_MIN(a[j], (double)x[j * s]);
+    int64_t r = 0;
+    for (; r + 4 <= m; r += 4) {   /* four runs per pass over the accumulators */
+        const float *x0 = x + r * ms, *x1 = x0 + ms, *x2 = x1 + ms, *x3 = x2 + ms;
+        for (int64_t j = 0; j < n; j++) {
+            double v = fold_min(fold_min(a[j], (double)x0[j * s]), (double)x1[j * s]);
+            a[j] = fold_min(fold_min(v, (double)x2[j * s]), (double)x3[j * s]);
+        }
     }
+    for (; r < m; r++)
+        for (int64_t j = 0; j < n; j++) a[j] = fold_min(a[j], (double)x[r * ms + j * s]);
 }
 
 static void f64_max(void *acc, const void *part, int64_t n)
 {
     double *a = acc;
     const double *b = part;
-    for (int64_t j = 0; j < n; j++) a[j] = FOLD_MAX(a[j], b[j]);
+    for (int64_t j = 0; j < n; j++) a[j] = fold_max(a[j], b[j]);
 }
 
 static void f64_min(void *acc, const void *part, int64_t n)
 {
     double *a = acc;
     const double *b = part;
-    for (int64_t j = 0; j < n; j++) a[j] = FOLD_MIN(a[j], b[j]);
+    for (int64_t j = 0; j < n; j++) a[j] = fold_min(a[j], b[j]);
 }
 
 const xt_rkernel xt_rk_f32_max = {{.f = -INFINITY}, f32_max_row, f32_max_col, f64_max};
@@ -207,13 +223,21 @@ static void f32_sumexp_row(void *acc, const void *xv, int64_t n, const double *s
 }
 
 static void f32_sumexp_col(void *acc, const void *xv, int64_t n, int64_t s, int64_t m,
-                        int64_t ms, const double *shift)
+                           int64_t ms, const double *shift)
 {
+    const float *x = xv;
     double *a = acc;
-    for (int64_t r = 0; r < m; r++) {
-        const float *x = (const float *)xv + r * ms;
-        for (int64_t j = 0; j < n; j++) a[j] += expf(x[j * s] - (float)shift[j]);
+    int64_t r = 0;
+    for (; r + 4 <= m; r += 4) {   /* four runs per pass over the accumulators */
+        const float *x0 = x + r * ms, *x1 = x0 + ms, *x2 = x1 + ms, *x3 = x2 + ms;
+        for (int64_t j = 0; j < n; j++) {
+            float sh = (float)shift[j];
+            a[j] += ((double)expf(x0[j * s] - sh) + expf(x1[j * s] - sh)) +
+                    ((double)expf(x2[j * s] - sh) + expf(x3[j * s] - sh));
+        }
     }
+    for (; r < m; r++)
+        for (int64_t j = 0; j < n; j++) a[j] += expf(x[r * ms + j * s] - (float)shift[j]);
 }
 
 const xt_rkernel xt_rk_f32_sumexp = {{.f = 0.0}, f32_sumexp_row, f32_sumexp_col, f64_add};
@@ -240,16 +264,24 @@ static void f32_sqdev_row(void *acc, const void *xv, int64_t n, const double *sh
 }
 
 static void f32_sqdev_col(void *acc, const void *xv, int64_t n, int64_t s, int64_t m,
-                        int64_t ms, const double *shift)
+                          int64_t ms, const double *shift)
 {
+    const float *x = xv;
     double *a = acc;
-    for (int64_t r = 0; r < m; r++) {
-        const float *x = (const float *)xv + r * ms;
+    int64_t r = 0;
+    for (; r + 4 <= m; r += 4) {   /* four runs per pass over the accumulators */
+        const float *x0 = x + r * ms, *x1 = x0 + ms, *x2 = x1 + ms, *x3 = x2 + ms;
         for (int64_t j = 0; j < n; j++) {
-            double d = x[j * s] - shift[j];
-            a[j] += d * d;
+            double d0 = x0[j * s] - shift[j], d1 = x1[j * s] - shift[j];
+            double d2 = x2[j * s] - shift[j], d3 = x3[j * s] - shift[j];
+            a[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
         }
     }
+    for (; r < m; r++)
+        for (int64_t j = 0; j < n; j++) {
+            double d = x[r * ms + j * s] - shift[j];
+            a[j] += d * d;
+        }
 }
 
 const xt_rkernel xt_rk_f32_sqdev = {{.f = 0.0}, f32_sqdev_row, f32_sqdev_col, f64_add};

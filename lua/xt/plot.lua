@@ -53,7 +53,8 @@ end
 
 local function format_tick(v, step)
     if math.abs(v) < step * 1e-6 then v = 0 end
-    local decimals = math.max(0, -math.floor(math.log10(step) + 1e-9))
+    local decimals = -math.floor(math.log10(step) + 1e-9)
+    if not (decimals > 0) then decimals = 0 end   -- also -0, which would print as '%.-0f'
     if math.abs(v) >= 1e5 or (v ~= 0 and math.abs(v) < 1e-3) then return string.format('%.2g', v) end
     return string.format('%.' .. decimals .. 'f', v)
 end

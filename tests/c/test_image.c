@@ -297,7 +297,22 @@ static void test_guarded_errors(void)
     CHECK(xt_image_load(path, 0) == NULL);
     CHECK(error_has("bad_huffman.jpg: corrupt JPEG (a Huffman table with more than 256 symbols)"));
 
-    /* a header declaring more than the 1 GiB limit */
+    /* found by fuzz_image: a scan naming DC table 3, which no DHT defined */
+    snprintf(path, sizeof path, "%s/images/undefined_huffman.jpg", XT_FIXTURES_DIR);
+    CHECK(xt_image_load(path, 0) == NULL);
+    CHECK(error_has("undefined_huffman.jpg: corrupt JPEG (a scan uses a Huffman table that was "
+                    "never defined)"));
+
+    /* found by fuzz_image: an IDAT chunk claiming 256 MB, and a zlib stream that stb kept
+     * expanding past the end of its data; both now fail fast, held to a memory budget */
+    snprintf(path, sizeof path, "%s/images/huge_idat_chunk.png", XT_FIXTURES_DIR);
+    CHECK(xt_image_load(path, 0) == NULL);
+    CHECK(error_has("huge_idat_chunk.png: corrupt PNG: decoding a 3x10 image asked for more "
+                    "memory than such an image needs"));
+    snprintf(path, sizeof path, "%s/images/endless_zlib.png", XT_FIXTURES_DIR);
+    CHECK(xt_image_load(path, 0) == NULL && error_has("endless_zlib.png: corrupt PNG"));
+
+    /* a header declaring more than the limit */
     static const char big[] = "P6 20000 20000 255\n";
     CHECK(xt_image_info((const uint8_t *)big, sizeof big - 1, "big.ppm", shape) != XT_OK);
     CHECK(error_has("truncated PNM"));

@@ -32,7 +32,7 @@ for h in $HARNESSES; do
     mkdir -p "$corpus"
     cp -n "$ROOT/tests/fuzz/seeds/$h/"* "$corpus/" 2>/dev/null || true
     log="$BUILD/fuzz_$h.log"
-    # -rss_limit_mb: a corrupt header may ask for up to the readers' 1 GiB image limit
+    # -rss_limit_mb: headroom for the largest image a header may declare (256 MiB as RGBA)
     if "$BUILD/tests/fuzz/fuzz_$h" "$corpus" -max_total_time="$SECONDS_EACH" \
         -print_final_stats=1 -rss_limit_mb=3072 -timeout=20 \
         -artifact_prefix="$BUILD/crashes/${h}-" >"$log" 2>&1; then

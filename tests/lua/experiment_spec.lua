@@ -184,6 +184,11 @@ describe('curves', function()
         assert.are.equal(255, img[1][1][1])   -- background
     end)
 
+    it('labels ticks at integer steps (step 1 once printed as an invalid format)', function()
+        local img = xt.plot.figure{panels = {{series = {{x = {1, 2}, y = {5, 10}}}}}}
+        assert.are.equal('uint8', img.dtype)
+    end)
+
     it('rejects series whose x and y differ in length', function()
         assert.has_error(function()
             xt.plot.figure{panels = {{series = {{x = {1, 2}, y = {1}}}}}}

@@ -105,10 +105,16 @@ covered.reshape = true
 -- and attention_spec (the matmul/softmax composition, gradcheck)
 covered.scaled_dot_product_attention = true
 covered.scaled_dot_product_attention_dropout = true
+-- kernel attention: test_attn_linear.c (dense composition, gradchecks, PyTorch fixtures) and
+-- efficient_attention_spec (composition, gradcheck)
+covered.linear_attention = true
+covered.favor_features = true
 -- the AFT family: test_aft.c (plain compositions, gradchecks of every option, PyTorch fixtures)
 covered.aft_full, covered.aft_simple, covered.aft_local, covered.aft_conv = true, true, true, true
 -- DeLighT's group linear: test_group_linear.c (per-group loop composition, gradchecks)
 covered.group_linear, covered.group_linear_ex = true, true
+-- linear attention and the FAVOR+ features: test_attn_linear.c (dense reference, gradchecks)
+covered.linear_attention, covered.favor_features = true, true
 
 local function load_inputs(name)
     local inputs, i = {}, 1

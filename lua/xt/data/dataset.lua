@@ -87,12 +87,22 @@ end
 -- ---- subsets --------------------------------------------------------------------------------
 
 -- subset(ds, first, count): samples first..first+count-1 (a view for in-memory datasets);
+-- subset(ds, first, count, {shuffle_seed = s}): the same positions of a random order of the
+--   samples that depends only on s (for a sample of a class-sorted image folder);
 -- subset(ds, indices): the samples at a list or int64 tensor of 1-based indices, in order.
-function dataset.subset(ds, first, count)
+function dataset.subset(ds, first, count, opts)
     local src = ds:source()
     local n = ds:size()
     local index
-    if type(first) == 'number' then
+    if type(first) == 'number' and opts and opts.shuffle_seed then
+        count = count or n - first + 1
+        if first < 1 or count < 0 or first + count - 1 > n then
+            raise(string.format('subset: samples %s..%s are not within 1..%d', tostring(first),
+                                tostring(first + count - 1), n))
+        end
+        local order = xt.randperm(n, {generator = xt.Generator(opts.shuffle_seed)})
+        return dataset.subset(ds, order:narrow(1, first, count))
+    elseif type(first) == 'number' then
         count = count or n - first + 1
         if first ~= math.floor(first) or count ~= math.floor(count) or first < 1 or count < 0 or
             first + count - 1 > n then

@@ -8,6 +8,7 @@
 --   data.fashion_mnist{root = '/usr/share/datasets/fashion-mnist', split =}
 --   data.image_folder{root =, split = nil | 'train' | 'val', extensions = {...},
 --                     channels = 3, skip_bad = false}
+--   data.export_image_folder(ds, dir, {format = 'png' | 'jpg', quality = 95})
 -- See xt/data/dataset.lua for what a dataset offers (#ds, ds[i], ds.classes, ds:source()).
 local ffi = require 'ffi'
 local lfs = require 'lfs'
@@ -276,6 +277,52 @@ function datasets.image_folder(opts)
                          xt.zeros({0}, {dtype = 'int64'})
     return dataset.files('image_folder', paths, label_tensor, classes, channels,
                          {root = opts.root, split = opts.split})
+end
+
+-- ---- exporting ---------------------------------------------------------------------------------
+
+-- A class's directory name: its label zero-padded (so sorted names keep the label order)
+-- and its name with anything but letters, digits, '-' and '_' replaced.
+local function class_dir_name(label, name, n_classes)
+    local width = #tostring(n_classes - 1)
+    return string.format('%0' .. width .. 'd_%s', label - 1, tostring(name):gsub('[^%w_%-]', '_'))
+end
+
+-- export_image_folder(ds, dir, {format = 'png' | 'jpg', quality = 95}): write every sample
+-- of ds as dir/<label-1>_<class>/<index>.<format>, the layout image_folder reads back with
+-- the same labels. Returns the number of images written.
+function datasets.export_image_folder(ds, dir, opts)
+    opts = opts or {}
+    local op = 'data.export_image_folder'
+    local format = opts.format or 'png'
+    if format ~= 'png' and format ~= 'jpg' and format ~= 'jpeg' then
+        raise(op .. ": format must be 'png' or 'jpg', got " .. tostring(format))
+    end
+    local image = require 'xt.image'
+    local classes = ds.classes
+    local n = ds:size()
+    local digits = #tostring(n)
+    local function make_dir(path)
+        if not is_dir(path) then
+            local ok, err = lfs.mkdir(path)
+            if not ok then raise(string.format('%s: cannot create %s: %s', op, path, tostring(err))) end
+        end
+    end
+    local sofar = dir:sub(1, 1) == '/' and '' or '.'
+    for part in dir:gmatch('[^/]+') do sofar = sofar .. '/' .. part; make_dir(sofar) end
+    local class_dirs = {}
+    for label, name in ipairs(classes) do
+        class_dirs[label] = dir .. '/' .. class_dir_name(label, name, #classes)
+        make_dir(class_dirs[label])
+    end
+    local src = ds:source()
+    for i = 1, n do
+        local label = src.labels[i]
+        local img = src.kind == 'memory' and src.images[i] or ds[i].image
+        image.save(string.format('%s/%0' .. digits .. 'd.%s', class_dirs[label], i, format), img,
+                   {quality = opts.quality})
+    end
+    return n
 end
 
 return datasets

@@ -78,7 +78,9 @@ local function gather(ds)
 end
 
 local function source_of(ds)
-    if type(ds) ~= 'table' then raise('DataLoader: expected a dataset, got ' .. type(ds)) end
+    if type(ds) ~= 'table' and type(ds) ~= 'userdata' then
+        raise('DataLoader: expected a dataset, got ' .. type(ds))
+    end
     local src = type(ds.source) == 'function' and ds:source() or gather(ds)
     if type(src) ~= 'table' or (src.kind ~= 'memory' and src.kind ~= 'files') then
         raise("DataLoader: ds:source() must return {kind = 'memory' | 'files', ...}")

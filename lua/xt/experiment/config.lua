@@ -16,7 +16,7 @@ config.NONE = setmetatable({}, {__tostring = function() return 'none' end})
 config.COMMON = {
     data = config.NONE, dataset = config.NONE, epochs = 10, batch_size = 128, lr = 1e-3,
     seed = 0, threads = 0, out = config.NONE, resume = config.NONE,
-    limit_train = 0, limit_test = 0,
+    limit_train = 0, limit_test = 0, stop_after = 0,
 }
 config.COMMON_HELP = {
     data = 'dataset directory', dataset = 'which dataset to use',
@@ -27,6 +27,7 @@ config.COMMON_HELP = {
     resume = 'continue the run in this directory from its last checkpoint',
     limit_train = 'use only the first N training samples (0: all)',
     limit_test = 'use only the first N test samples (0: all)',
+    stop_after = 'stop after this epoch (continue later with --resume; 0: run to the end)',
 }
 
 local function flag_name(key) return '--' .. key:gsub('_', '-') end

@@ -93,6 +93,7 @@ function experiment.start(spec)
         local saved = read_json(dir .. '/config.json')
         for k, v in pairs(given) do if v then saved[k] = cfg[k] end end
         saved.resume = nil
+        if not given.stop_after then saved.stop_after = 0 end   -- a stop applies once
         cfg = saved
         self.dir = dir
         local last = dir .. '/last.xt'
@@ -132,6 +133,12 @@ end
 
 function Run:progress(opts) return Progress.new(opts) end
 
+-- True when the run should stop after this epoch (--stop-after), to be resumed later.
+function Run:should_stop(epoch)
+    local stop = self.config.stop_after or 0
+    return stop > 0 and epoch >= stop
+end
+
 -- Write state to last.xt (atomically) and, when opts.best, also to best.xt.
 function Run:save_checkpoint(state, opts)
     xt.save(self.dir .. '/last.xt', state)
@@ -147,7 +154,7 @@ function experiment.curves_spec(records, xkey)
         if r[xkey] ~= nil and r.split == nil then
             for k, v in pairs(r) do
                 if type(v) == 'number' and k ~= xkey and k ~= 'time' and k ~= 'step'
-                   and k ~= 'epoch' then
+                   and k ~= 'epoch' and not k:find('_seconds$') then
                     local prefix, family = k:match('^(.-)_([^_]+)$')
                     if not family then prefix, family = k, k end
                     local panel = panels[family]

@@ -6,10 +6,11 @@
 --   blocks = pre-norm: x = x + attn(LN(x)); x = x + MLP(LN(x))   (MLP: dim -> 4 dim -> dim, GELU)
 --   output = Linear(LN(x)) -> logits [B,T,256] over the next value
 --
--- The attention is chosen by name: 'aft_full', 'aft_local', 'aft_simple' (nn.AFT*), 'softmax'
--- (nn.MultiheadAttention) or 'delight' (the block is then nn.DeLighTBlock with causal
--- softmax attention). All are causal, and all support incremental decoding, so
--- model:sample() runs one position at a time without recomputing the prefix.
+-- The attention is chosen by name: any causal one of nn.attention_by_name ('aft_full',
+-- 'aft_local', 'aft_simple', 'softmax', 'linear', 'performer', ...) or 'delight' (the block is
+-- then nn.DeLighTBlock with causal softmax attention). All are causal, and all support
+-- incremental decoding, so model:sample() runs one position at a time without recomputing
+-- the prefix.
 local xt = require 'xt'
 local nn = xt.nn
 
@@ -20,19 +21,9 @@ function Block:__init(opts)
     nn.Module.__init(self)
     local dim, T = opts.dim, opts.seq_len
     self.norm1 = nn.LayerNorm(dim)
-    local kind = opts.attention
-    if kind == 'aft_full' then
-        self.attn = nn.AFTFull{dim = dim, seq_len = T, causal = true}
-    elseif kind == 'aft_local' then
-        self.attn = nn.AFTLocal{dim = dim, seq_len = T, causal = true, window = opts.window}
-    elseif kind == 'aft_simple' then
-        self.attn = nn.AFTSimple{dim = dim, causal = true}
-    elseif kind == 'softmax' then
-        self.attn = nn.MultiheadAttention{dim = dim, heads = opts.heads, causal = true}
-    else
-        error(string.format("pixel_transformer: unknown attention '%s' (aft_full, aft_local, "
-                            .. "aft_simple, softmax, delight)", tostring(kind)), 3)
-    end
+    -- any causal attention of the registry (nn.attention_by_name) that decodes step by step
+    self.attn = nn.attention_by_name(opts.attention, {dim = dim, seq_len = T, causal = true,
+                                                      heads = opts.heads, window = opts.window})
     self.norm2 = nn.LayerNorm(dim)
     self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 end

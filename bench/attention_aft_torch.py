@@ -1,7 +1,7 @@
-"""attention_torch.py: the PyTorch side of bench/attention.lua (the AFT family, fwd+bwd).
+"""attention_aft_torch.py: the PyTorch side of bench/attention_aft.lua (the AFT family, fwd+bwd).
 
-  /usr/bin/python3 bench/attention_torch.py time THREADS MIN_TIME CASE...   -> JSON {case: s}
-  /usr/bin/python3 bench/attention_torch.py memory THREADS CASE T D         -> peak RSS in MB
+  /usr/bin/python3 bench/attention_aft_torch.py time THREADS MIN_TIME CASE...   -> JSON {case: s}
+  /usr/bin/python3 bench/attention_aft_torch.py memory THREADS CASE T D         -> peak RSS in MB
 
 Each case is one forward and backward (q, k, v and w require grad; the upstream gradient is
 ones). The formulations are the efficient ones a PyTorch user would write, with the same
@@ -83,7 +83,7 @@ def make(case, T=None, D=None):
         ins = [leaf(64, 128, 16, 16), leaf(64, 8, 16, 16), leaf(64, 128, 16, 16),
                leaf(8, 3, 3, scale=0.5)]
         return ins, aft_conv
-    raise SystemExit(f"attention_torch.py: unknown case {case}")
+    raise SystemExit(f"attention_aft_torch.py: unknown case {case}")
 
 
 def step_fn(ins, fwd):
@@ -124,7 +124,7 @@ def main():
         step_fn(*make(case, T, D))()
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
     else:
-        raise SystemExit("usage: attention_torch.py time THREADS MIN_TIME CASE... | "
+        raise SystemExit("usage: attention_aft_torch.py time THREADS MIN_TIME CASE... | "
                          "memory THREADS CASE T D")
 
 

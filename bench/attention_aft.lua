@@ -1,0 +1,222 @@
+-- bench/attention_aft.lua: the AFT family, fwd+bwd, side by side with PyTorch in one run;
+-- and the peak memory of aft_full / aft_simple at a long sequence.
+--
+--   xlua bench/attention_aft.lua [--threads N] [--time SECONDS] [pattern]
+--   xlua bench/attention_aft.lua --memory [T] [D]     (T = 16384, D = 64 by default)
+--
+-- Speed: each case is one forward and backward with gradients to q, k, v (and w), the
+-- upstream gradient all ones, against the efficient PyTorch formulation of
+-- bench/attention_aft_torch.py (GEMMs with exp(w), cumulative sums, depth-wise conv2d) with
+-- the same thread count. Ratio = torch time / xt time (> 1: xt is faster).
+-- GFLOP/s for aft_full/aft_local counts their GEMM work only where it is useful: the
+-- allowed (query, key) pairs (half the square when causal; the band for aft_local), times
+-- 2 flops x 2BD columns ([E V | E]), forward plus the backward's two GEMMs of the same
+-- size. For aft_simple and aft_conv, which do no GEMM, GB/s is the compulsory traffic
+-- (every input, saved tensor, output and gradient read or written once). The machine's
+-- SGEMM peak is about 145 GFLOP/s on 2 threads (bench/run.lua's matmul case).
+--
+-- Memory: each op runs in a fresh process (this script with --memory-one, and the PyTorch
+-- script's memory mode) at B = 1; the figure is the growth of the peak resident memory over
+-- one fwd+bwd, in buffers of T*D floats, beside w's own size.
+local xt = require 'xt'
+local timer = require 'bench.timer'
+local F = xt.nn.functional
+
+local args = {...}
+local threads, min_time, pattern = xt.get_num_threads(), 0.5, nil
+local memory_mode, memory_one, mem_T, mem_D = false, nil, 16384, 64
+local i = 1
+while i <= #args do
+    if args[i] == '--threads' then threads = tonumber(args[i + 1]); i = i + 1
+    elseif args[i] == '--time' then min_time = tonumber(args[i + 1]); i = i + 1
+    elseif args[i] == '--memory' or args[i] == '--memory-one' then
+        memory_mode = true
+        if args[i] == '--memory-one' then memory_one = args[i + 1]; i = i + 1 end
+        if tonumber(args[i + 1]) then mem_T = tonumber(args[i + 1]); i = i + 1 end
+        if tonumber(args[i + 1]) then mem_D = tonumber(args[i + 1]); i = i + 1 end
+    else pattern = args[i] end
+    i = i + 1
+end
+xt.set_num_threads(threads)
+xt.manual_seed(0)
+
+-- PyTorch's CPU allocator hands large blocks back to the system, so every big temporary
+-- page-faults again on first touch, which is very slow on this VM (an 8M-float exp takes
+-- 0.5 s instead of 12 ms). xt keeps freed blocks (storage.c); for a fair comparison glibc's
+-- malloc is told to keep them for PyTorch too.
+local PYTHON = 'MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 ' ..
+               'MALLOC_TOP_PAD_=1073741824 /usr/bin/python3'
+local here = debug.getinfo(1, 'S').source:match('^@(.*/)') or './'
+local torch_script = here .. 'attention_aft_torch.py'
+
+local function has_torch()
+    local probe = io.popen(PYTHON .. ' -c "import torch; print(torch.__version__)" 2>/dev/null')
+    local version = probe and probe:read('*l')
+    if probe then probe:close() end
+    return version and version ~= '' and version or nil
+end
+
+---------------------------------------------------------------------------------------------
+-- memory
+
+local function status_kib(field)
+    local f = assert(io.open('/proc/self/status'))
+    local text = f:read('*a')
+    f:close()
+    return tonumber(text:match(field .. ':%s+(%d+) kB'))
+end
+
+if memory_one then
+    local T, D = mem_T, mem_D
+    local q = xt.randn(1, T, D):requires_grad()
+    local k = xt.randn(1, T, D):requires_grad()
+    local v = xt.randn(1, T, D):requires_grad()
+    local w = memory_one == 'aft_full' and xt.randn(T, T):mul_(0.1):requires_grad() or nil
+    local dout = xt.ones(1, T, D)
+    collectgarbage()
+    -- start the peak over from here (the kernel resets VmHWM on writing 5 to clear_refs)
+    local f = io.open('/proc/self/clear_refs', 'w')
+    if f then f:write('5'); f:close() end
+    local base = status_kib('VmHWM')
+    if memory_one == 'aft_full' then
+        F.aft_full(q, k, v, w, {causal = true}):backward(dout)
+    else
+        F.aft_simple(q, k, v, {causal = true}):backward(dout)
+    end
+    print(base, status_kib('VmHWM'))
+    os.exit(0)
+end
+
+if memory_mode then
+    -- the interpreter running this script, to start fresh processes of it
+    local exe, j = arg and arg[-1], -1
+    while arg and arg[j - 1] do j = j - 1; exe = arg[j] end
+    local T, D = mem_T, mem_D
+    local buffer_mib = T * D * 4 / 2 ^ 20
+    local torch_version = has_torch()
+    print(string.format('peak resident memory of one causal fwd+bwd, B=1 T=%d D=%d, %d threads',
+                        T, D, threads))
+    print(string.format('(a T*D float buffer is %.1f MiB; w [T,T] is %.0f MiB)', buffer_mib,
+                        T * T * 4 / 2 ^ 20))
+    for _, op in ipairs{'aft_full', 'aft_simple'} do
+        local p = io.popen(string.format('%s %sattention_aft.lua --threads %d --memory-one %s %d %d',
+                                         exe, here, threads, op, T, D))
+        local base, peak = p:read('*n', '*n')
+        p:close()
+        local grew = (peak - base) / 1024
+        local w_mib = op == 'aft_full' and T * T * 4 / 2 ^ 20 or 0
+        print(string.format('xt    %-10s peak %8.1f MiB, grew %8.1f MiB = %s%.1f buffers of T*D', op,
+                            peak / 1024, grew, op == 'aft_full' and 'dw (= w) + ' or '',
+                            (grew - w_mib) / buffer_mib))
+        if torch_version then
+            -- plain malloc here: keeping freed blocks would only add to PyTorch's peak
+            local tp = io.popen(string.format('/usr/bin/python3 %s memory %d %s %d %d', torch_script,
+                                              threads, op, T, D))
+            local tpeak = tp:read('*n')
+            tp:close()
+            if tpeak then
+                print(string.format('torch %-10s peak %8.1f MiB (whole process, incl. inputs and w)', op, tpeak))
+            end
+        end
+    end
+    os.exit(0)
+end
+
+---------------------------------------------------------------------------------------------
+-- speed
+
+local function leaf(shape, scale)
+    local t = xt.randn(shape)
+    if scale then t = t * scale end
+    return t:requires_grad()
+end
+
+-- allowed (query, key) pairs: causal, with a window of s (s >= T: all of the past)
+local function causal_pairs(T, s)
+    s = math.min(s, T)
+    return s * T - s * (s - 1) / 2
+end
+
+local function gemm_flops(B, D, pairs) return 3 * 2 * pairs * 2 * B * D end
+
+local cases = {
+    {
+        name = 'aft_full causal B8 T1024 D256', torch = 'aft_full',
+        flops = gemm_flops(8, 256, causal_pairs(1024, 1024)),
+        xt = function()
+            local q, k, v = leaf{8, 1024, 256}, leaf{8, 1024, 256}, leaf{8, 1024, 256}
+            local w, dout = leaf({1024, 1024}, 0.1), xt.ones(8, 1024, 256)
+            return function() F.aft_full(q, k, v, w, {causal = true}):backward(dout) end
+        end,
+    },
+    {
+        name = 'aft_local causal B4 T3072 D128 window 256', torch = 'aft_local',
+        flops = gemm_flops(4, 128, causal_pairs(3072, 256)),
+        xt = function()
+            local q, k, v = leaf{4, 3072, 128}, leaf{4, 3072, 128}, leaf{4, 3072, 128}
+            local w, dout = leaf({3072, 3072}, 0.1), xt.ones(4, 3072, 128)
+            return function()
+                F.aft_local(q, k, v, w, {window = 256, causal = true}):backward(dout)
+            end
+        end,
+    },
+    {
+        name = 'aft_simple causal B8 T4096 D256', torch = 'aft_simple',
+        bytes = 15 * 8 * 4096 * 256 * 4,
+        xt = function()
+            local q, k, v = leaf{8, 4096, 256}, leaf{8, 4096, 256}, leaf{8, 4096, 256}
+            local dout = xt.ones(8, 4096, 256)
+            return function() F.aft_simple(q, k, v, {causal = true}):backward(dout) end
+        end,
+    },
+    {
+        name = 'aft_conv B64 C128 16x16 8 heads 3x3', torch = 'aft_conv',
+        -- q, k (1/16 of it), v, w in; y, A, log-normaliser out; G, q, k, v, A read and
+        -- dq, dk, dv written in the backward
+        bytes = (3 * 2 + 2 + 4 + 3) * 64 * 128 * 256 * 4,
+        xt = function()
+            local q, k, v = leaf{64, 128, 16, 16}, leaf{64, 8, 16, 16}, leaf{64, 128, 16, 16}
+            local w, dout = leaf({8, 3, 3}, 0.5), xt.ones(64, 128, 16, 16)
+            return function() F.aft_conv(q, k, v, w):backward(dout) end
+        end,
+    },
+}
+
+local function selected(c) return not pattern or c.name:find(pattern, 1, true) end
+
+local function torch_times()
+    local version = has_torch()
+    if not version then return nil end
+    local names = {}
+    for _, c in ipairs(cases) do
+        if selected(c) then names[#names + 1] = c.torch end
+    end
+    local p = io.popen(string.format('%s %s time %d %g %s', PYTHON, torch_script, threads, min_time,
+                                     table.concat(names, ' ')))
+    local out = p:read('*a')
+    p:close()
+    return require('dkjson').decode(out), version
+end
+
+print(string.format('xt %s, %d threads; times are the best per-call of 5 batches', xt.version, threads))
+local ref, torch_version = torch_times()
+print(ref and ('PyTorch ' .. torch_version) or '(PyTorch not found: xt times only)')
+print(string.format('%-44s %10s %10s %7s  %s', 'case (fwd+bwd)', 'xt', 'torch', 'ratio', 'xt rate / torch rate'))
+for _, c in ipairs(cases) do
+    if selected(c) then
+        local t = timer.time(c.xt(), min_time)
+        local tt = ref and ref[c.torch]
+        local rate
+        if c.flops then
+            rate = string.format('%.1f GFLOP/s', c.flops / t / 1e9)
+            if tt then rate = rate .. string.format(' / %.1f', c.flops / tt / 1e9) end
+        else
+            rate = string.format('%.1f GB/s', c.bytes / t / 1e9)
+            if tt then rate = rate .. string.format(' / %.1f', c.bytes / tt / 1e9) end
+        end
+        print(string.format('%-44s %8.1fms %10s %7s  %s', c.name, t * 1e3,
+                            tt and string.format('%.1fms', tt * 1e3) or '-',
+                            tt and string.format('%.2fx', tt / t) or '-', rate))
+        io.stdout:flush()
+    end
+end
