@@ -18,10 +18,11 @@
  * view (leading dim = the row stride of x), w's inner [ci, co] matrices are read as stored
  * or transposed (a transposed Linear weight costs nothing).
  *
- * Forward: the GEMMs write A group-major into a [n, O] buffer (bias pre-filled, beta = 1);
- * one pass per row gathers it in shuffle order, normalises, activates and writes y. A
- * (with the chunks' mean and 1/std) is what the backward keeps; the normalised values are
- * recomputed from it. With nothing after the GEMMs and no shuffle they write y directly.
+ * Forward: the GEMMs write A group-major into a [n, O] buffer; one pass per row gathers it
+ * in shuffle order adding the bias, normalises, activates and writes y. A (with the
+ * chunks' mean and 1/std) is what the backward keeps; the normalised values are recomputed
+ * from it. With nothing after the GEMMs and no shuffle they write y directly (onto the
+ * bias, beta = 1).
  *
  * Backward (dy [n, O] in output order): one pass per row recomputes Z, takes swish's and
  * the chunk LN's derivatives (the shared affine's gradients summed over rows and chunks),
@@ -150,54 +151,100 @@ typedef struct glt_dims {
     float eps;
 } glt_dims;
 
-/* s [O] in output order from the group-major row a: s[j*g + k] = a[k*co + j] */
-static void gather_row(float *s, const float *a, const glt_dims *d)
+/* The shuffle's permutation for a group count G known at compile time, so that the compiler
+ * vectorises it (vector loads along j, lane interleaving): s[j*G + k] = a[k*co + j] + b[..]
+ * (b may be NULL), and its inverse a[k*co + j] = s[j*G + k]. */
+static inline __attribute__((always_inline)) void interleave(float *restrict s,
+                                                             const float *restrict a,
+                                                             const float *restrict b,
+                                                             int64_t co, const int G)
 {
-    if (!d->shuffle) {
-        memcpy(s, a, sizeof(float) * (size_t)d->O);
-        return;
-    }
-    for (int64_t k = 0; k < d->g; k++) {
-        const float *ak = a + k * d->co;
-        for (int64_t j = 0; j < d->co; j++) s[j * d->g + k] = ak[j];
+    if (b) {
+        for (int64_t j = 0; j < co; j++)
+            for (int k = 0; k < G; k++) s[j * G + k] = a[k * co + j] + b[k * co + j];
+    } else {
+        for (int64_t j = 0; j < co; j++)
+            for (int k = 0; k < G; k++) s[j * G + k] = a[k * co + j];
     }
 }
 
-/* a[k*co + j] = s[j*g + k]: the inverse of gather_row */
-static void scatter_row(float *a, const float *s, const glt_dims *d)
+static inline __attribute__((always_inline)) void deinterleave(float *restrict a,
+                                                               const float *restrict s,
+                                                               int64_t co, const int G)
 {
+    for (int64_t j = 0; j < co; j++)
+        for (int k = 0; k < G; k++) a[k * co + j] = s[j * G + k];
+}
+
+/* s [O] in output order from the group-major GEMM row a plus the bias b [O] (group-major,
+ * or NULL): s[j*g + k] = a[k*co + j] + b[k*co + j], or s = a + b without the shuffle */
+static void gather_row(float *restrict s, const float *restrict a, const float *restrict b,
+                       const glt_dims *d)
+{
+    const int64_t co = d->co, g = d->g;
+    if (!d->shuffle) {
+        if (b) {
+#pragma omp simd
+            for (int64_t i = 0; i < d->O; i++) s[i] = a[i] + b[i];
+        } else {
+            memcpy(s, a, sizeof(float) * (size_t)d->O);
+        }
+        return;
+    }
+    switch (g) {
+    case 2: interleave(s, a, b, co, 2); return;
+    case 4: interleave(s, a, b, co, 4); return;
+    case 8: interleave(s, a, b, co, 8); return;
+    case 16: interleave(s, a, b, co, 16); return;
+    default:
+        for (int64_t k = 0; k < g; k++)
+            for (int64_t j = 0; j < co; j++)
+                s[j * g + k] = a[k * co + j] + (b ? b[k * co + j] : 0.0f);
+    }
+}
+
+/* a[k*co + j] = s[j*g + k]: the inverse of gather_row's permutation */
+static void scatter_row(float *restrict a, const float *restrict s, const glt_dims *d)
+{
+    const int64_t co = d->co, g = d->g;
     if (!d->shuffle) {
         memcpy(a, s, sizeof(float) * (size_t)d->O);
         return;
     }
-    for (int64_t k = 0; k < d->g; k++) {
-        float *ak = a + k * d->co;
-        for (int64_t j = 0; j < d->co; j++) ak[j] = s[j * d->g + k];
+    switch (g) {
+    case 2: deinterleave(a, s, co, 2); return;
+    case 4: deinterleave(a, s, co, 4); return;
+    case 8: deinterleave(a, s, co, 8); return;
+    case 16: deinterleave(a, s, co, 16); return;
+    default:
+        for (int64_t k = 0; k < g; k++)
+            for (int64_t j = 0; j < co; j++) a[k * co + j] = s[j * g + k];
     }
 }
 
-/* mean and 1/std of v [m] (biased variance), two passes in double */
+/* mean and 1/std of v [m] (biased variance): two passes (the mean, then squared deviations
+ * from it), in float with vector partial sums */
 static void chunk_stats(const float *v, int64_t m, float eps, float *mean, float *rstd)
 {
-    double s = 0;
+    float s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t i = 0; i < m; i++) s += v[i];
-    double mu = s / (double)m, q = 0;
+    float mu = s / (float)m, q = 0;
 #pragma omp simd reduction(+ : q)
-    for (int64_t i = 0; i < m; i++) q += ((double)v[i] - mu) * ((double)v[i] - mu);
-    *mean = (float)mu;
-    *rstd = (float)(1.0 / sqrt(q / (double)m + (double)eps));
+    for (int64_t i = 0; i < m; i++) q += (v[i] - mu) * (v[i] - mu);
+    *mean = mu;
+    *rstd = 1.0f / sqrtf(q / (float)m + eps);
 }
 
-/* One row of the forward: y [O] from the group-major GEMM row a; writes the chunks'
- * (mean, 1/std) into st [g, 2] when normalising. */
-static void row_forward(const float *a, float *y, float *st, const float *affine,
-                        const glt_dims *d)
+/* One row of the forward: y [O] from the group-major GEMM row a and the bias; writes the
+ * chunks' (mean, 1/std) into st [g, 2] when normalising. */
+static void row_forward(const float *a, const float *bias, float *y, float *st,
+                        const float *affine, const glt_dims *d)
 {
     const int64_t co = d->co;
-    gather_row(y, a, d);
+    gather_row(y, a, bias, d);
     if (d->normalize) {
-        const float *gamma = affine, *beta = affine + co;
+        const float *gamma = affine, *beta = affine + co;   /* [co] each */
         for (int64_t c = 0; c < d->g; c++) {
             float *z = y + c * co, mean, rstd;
             chunk_stats(z, co, d->eps, &mean, &rstd);
@@ -214,15 +261,16 @@ static void row_forward(const float *a, float *y, float *st, const float *affine
 }
 
 /* One row of the backward: da [O] group-major from dy [O] (output order), the saved GEMM
- * row a and its chunk statistics st [g, 2]. s and ds are [O] scratch; the shared affine's
- * gradients are added into pg, pb [co] (NULL: not wanted). */
-static void row_backward(const float *a, const float *dy, const float *st, const float *affine,
+ * row a (without the bias) and its chunk statistics st [g, 2]; consts holds gamma, beta
+ * [co] and the bias [O]. s and ds are [O] scratch; the shared affine's gradients are added
+ * into pg, pb [co] (NULL: not wanted). */
+static void row_backward(const float *a, const float *dy, const float *st, const float *consts,
                          float *da, float *s, float *ds, double *pg, double *pb,
                          const glt_dims *d)
 {
     const int64_t O = d->O, co = d->co;
-    const float *gamma = affine, *beta = affine ? affine + co : NULL;
-    gather_row(s, a, d);
+    const float *gamma = consts, *beta = consts + co;
+    gather_row(s, a, consts + 2 * co, d);
     int64_t chunks = d->normalize ? d->g : 1, m = d->normalize ? co : O;
     for (int64_t c = 0; c < chunks; c++) {
         float *sc = s + c * m, *dsc = ds + c * m;
@@ -252,14 +300,14 @@ static void row_backward(const float *a, const float *dy, const float *st, const
             }
         }
         /* dS = rstd (h - mean(h) - xhat mean(h xhat)), h = dZ gamma */
-        double sh = 0, shx = 0;
+        float sh = 0, shx = 0;
 #pragma omp simd reduction(+ : sh, shx)
         for (int64_t i = 0; i < m; i++) {
             float hi = dsc[i] * gamma[i];
             sh += hi;
-            shx += (double)hi * sc[i];
+            shx += hi * sc[i];
         }
-        float mh = (float)(sh / (double)m), mhx = (float)(shx / (double)m);
+        float mh = sh / (float)m, mhx = shx / (float)m;
 #pragma omp simd
         for (int64_t i = 0; i < m; i++) dsc[i] = rstd * (dsc[i] * gamma[i] - mh - sc[i] * mhx);
     }
@@ -297,22 +345,25 @@ static int64_t tile_rows(const glt_plan *pl, bool parallel)
     return rows < TILE_ROWS ? (rows > 0 ? rows : 1) : TILE_ROWS;
 }
 
-/* target [n, O] (A, or y when direct) = bias + the group GEMMs; then y, stats from A */
-static void forward_compute(const glt_plan *pl, const float *bias, float *target, float *y,
-                            float *stats, const float *affine, bool direct)
+/* direct: y [n, O] = bias + the group GEMMs. Else A [n, O] = the group GEMMs, then
+ * y = the row pass of A + bias, with stats; consts is gamma, beta [co] (when normalising). */
+static void forward_compute(const glt_plan *pl, const float *bias, float *A, float *y,
+                            float *stats, const float *consts, bool direct)
 {
     const glt_dims *d = &pl->d;
     bool par = run_parallel(pl);
     int64_t rows = tile_rows(pl, par), tiles = (d->n + rows - 1) / rows;
+    float *target = direct ? y : A;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t tile = 0; tile < tiles; tile++) {
         int64_t r0 = tile * rows, nr = d->n - r0 < rows ? d->n - r0 : rows;
         float *tt = target + r0 * d->O;
-        if (bias)
+        bool fill = direct && bias;
+        if (fill)
             for (int64_t r = 0; r < nr; r++) memcpy(tt + r * d->O, bias, sizeof(float) * (size_t)d->O);
         for (int64_t k = 0; k < d->g; k++) {
             fmat wk = weight_of(pl->w, k);
-            float beta = bias ? 1.0f : 0.0f;
+            float beta = fill ? 1.0f : 0.0f;
             if (pl->p.p) {
                 mm(sub(pl->p, r0, nr, k * pl->cp, pl->cp), sub(wk, 0, pl->cp, 0, d->co), beta,
                    tt + k * d->co, d->O);
@@ -323,8 +374,8 @@ static void forward_compute(const glt_plan *pl, const float *bias, float *target
         }
         if (!direct)
             for (int64_t r = r0; r < r0 + nr; r++)
-                row_forward(target + r * d->O, y + r * d->O, stats ? stats + r * d->g * 2 : NULL,
-                            affine, d);
+                row_forward(A + r * d->O, bias, y + r * d->O, stats ? stats + r * d->g * 2 : NULL,
+                            consts, d);
     }
 }
 
@@ -333,10 +384,11 @@ typedef struct glt_grads {
     double *dgamma, *dbeta;     /* [co] */
 } glt_grads;
 
-/* Phase 1 per row tile: dA (when A is kept; else dA is dy), then dx and dprefix rows.
- * Phase 2 per (group, column block): dW and db columns, summed over every row. */
+/* Phase 1 per row tile: dA (from A when it was kept, the shuffle undone from dy otherwise;
+ * dy itself when dA_buf is NULL), then dx and dprefix rows. Phase 2 per (group, column
+ * block): dW and db columns, summed over every row. */
 static xt_status backward_compute(const glt_plan *pl, const float *A, const float *dy,
-                                  const float *stats, const float *affine, float *dA_buf,
+                                  const float *stats, const float *consts, float *dA_buf,
                                   const glt_grads *gr)
 {
     const glt_dims *d = &pl->d;
@@ -351,7 +403,7 @@ static xt_status backward_compute(const glt_plan *pl, const float *A, const floa
         free(part);
         return xt_fail(XT_ERR_OOM, "%s: out of memory in the backward", OP);
     }
-    const float *dA = A ? dA_buf : dy;
+    const float *dA = dA_buf ? dA_buf : dy;
     fmat mdA = {(float *)dA, d->n, O, O, 1};
     int64_t rows = tile_rows(pl, par), tiles = (d->n + rows - 1) / rows;
     int64_t cb = (co + nt - 1) / nt;
@@ -368,7 +420,9 @@ static xt_status backward_compute(const glt_plan *pl, const float *A, const floa
             if (A)
                 for (int64_t r = r0; r < r0 + nr; r++)
                     row_backward(A + r * O, dy + r * O, stats ? stats + r * d->g * 2 : NULL,
-                                 affine, dA_buf + r * O, s, ds, pg, pb, d);
+                                 consts, dA_buf + r * O, s, ds, pg, pb, d);
+            else if (dA_buf)
+                for (int64_t r = r0; r < r0 + nr; r++) scatter_row(dA_buf + r * O, dy + r * O, d);
             for (int64_t k = 0; k < d->g; k++) {
                 fmat dak = sub(mdA, r0, nr, k * co, co), wk = weight_of(pl->w, k);
                 if (gr->dx)    /* dx_k = dA_k Wx_k^T */
@@ -424,9 +478,11 @@ static xt_status backward_compute(const glt_plan *pl, const float *A, const floa
 /* ---- backward ---------------------------------------------------------------------------
  * inputs: 0 x, 1 prefix, 2 w, 3 b, 4 ln_weight, 5 ln_bias.
  * saved (slots in iargs[0..5], -1 when absent): x rows, prefix rows, w (BLAS-readable),
- * A [n, O] (when anything follows the GEMMs), stats [n, g, 2] and affine [2, co] (when
- * normalising). iargs[6..8]: shuffle, normalize, swish; fargs[0]: eps. */
-enum { SAVE_X, SAVE_PREFIX, SAVE_W, SAVE_A, SAVE_STATS, SAVE_AFFINE, SAVE_COUNT };
+ * then, when a norm or swish follows the GEMMs (their derivatives need the values): A
+ * [n, O] (the GEMMs without the bias), consts [2*co + O] (a snapshot of gamma, beta and the
+ * bias) and, when normalising, stats [n, g, 2]. iargs[6..8]: shuffle, normalize, swish;
+ * fargs[0]: eps. */
+enum { SAVE_X, SAVE_PREFIX, SAVE_W, SAVE_A, SAVE_STATS, SAVE_CONSTS, SAVE_COUNT };
 
 static xt_tensor *saved_or_null(xt_node *node, int slot, bool *failed)
 {
@@ -462,7 +518,7 @@ static xt_status group_linear_backward(xt_node *node, xt_tensor *dout, xt_tensor
     xt_tensor *w = saved_or_null(node, SAVE_W, &failed);
     xt_tensor *A = saved_or_null(node, SAVE_A, &failed);
     xt_tensor *stats = saved_or_null(node, SAVE_STATS, &failed);
-    xt_tensor *affine = saved_or_null(node, SAVE_AFFINE, &failed);
+    xt_tensor *consts = saved_or_null(node, SAVE_CONSTS, &failed);
     if (failed) return xt_last_status();
     glt_plan pl;
     make_plan(&pl, x, prefix, w);
@@ -477,9 +533,10 @@ static xt_status group_linear_backward(xt_node *node, xt_tensor *dout, xt_tensor
     /* the outputs, allocated up front; the engine takes them on success */
     xt_tensor *outs[6] = {0};
     int64_t ashape[2] = {d->n, d->O}, bshape[2] = {d->g, d->co};
-    xt_tensor *dA = A ? xt_empty(2, ashape, XT_FLOAT32) : NULL;
+    bool direct = !d->shuffle && !d->normalize && !d->swish;   /* dA is dy */
+    xt_tensor *dA = direct ? NULL : xt_empty(2, ashape, XT_FLOAT32);
     double *dgb = d->normalize ? calloc((size_t)(2 * d->co), sizeof(double)) : NULL;
-    bool ok = (!A || dA) && (!d->normalize || dgb);
+    bool ok = (direct || dA) && (!d->normalize || dgb);
     for (int i = 0; ok && i < 4; i++) {
         if (!xt_node_needs(node, i) || (i == 1 && !prefix)) continue;
         const xt_edge *e = &node->inputs[i];
@@ -497,8 +554,8 @@ static xt_status group_linear_backward(xt_node *node, xt_tensor *dout, xt_tensor
     if (st == XT_OK) {
         glt_grads gr = {data_or_null(outs[0]), data_or_null(outs[1]), data_or_null(outs[2]),
                         data_or_null(outs[3]), outs[4] ? dgb : NULL, outs[5] ? dgb + d->co : NULL};
-        st = backward_compute(&pl, A ? A->data : NULL, dy->data, stats ? stats->data : NULL,
-                              affine ? affine->data : NULL, dA ? dA->data : NULL, &gr);
+        st = backward_compute(&pl, data_or_null(A), dy->data, data_or_null(stats),
+                              data_or_null(consts), data_or_null(dA), &gr);
     }
     for (int i = 4; st == XT_OK && i < 6; i++)
         if (outs[i])
@@ -648,7 +705,7 @@ xt_tensor *xt_group_linear_ex(xt_tensor *x, xt_tensor *prefix, xt_tensor *w, xt_
         check_norm_args(normalize, ln_weight, ln_bias))
         return NULL;
     xt_tensor *xr = readable_rows(x), *pr = prefix ? readable_rows(prefix) : NULL;
-    xt_tensor *wr = NULL, *br = NULL, *A = NULL, *stats = NULL, *affine = NULL, *out = NULL;
+    xt_tensor *wr = NULL, *br = NULL, *A = NULL, *stats = NULL, *consts = NULL, *out = NULL;
     if (weight_readable(w)) xt_tensor_retain(wr = w);
     else wr = dense(w);
     if (b) br = dense(b);
@@ -661,42 +718,42 @@ xt_tensor *xt_group_linear_ex(xt_tensor *x, xt_tensor *prefix, xt_tensor *w, xt_
     d->swish = swish != 0;
     d->eps = (float)eps;
     bool direct = !d->shuffle && !d->normalize && !d->swish;   /* the GEMMs write y */
+    bool keep = d->normalize || d->swish;   /* the backward needs A and the constants */
     int64_t yshape[XT_MAX_DIMS], ashape[2] = {d->n, d->O}, sshape[3] = {d->n, d->g, 2};
-    int64_t fshape[2] = {2, d->co};
+    int64_t ncs = 2 * d->co + d->O;
     memcpy(yshape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
     yshape[x->ndim - 1] = d->O;
     if (ok) out = xt_empty(x->ndim, yshape, XT_FLOAT32);
     if (ok && out && !direct) A = xt_empty(2, ashape, XT_FLOAT32);
-    if (ok && d->normalize) {
-        stats = xt_empty(3, sshape, XT_FLOAT32);
-        affine = xt_empty(2, fshape, XT_FLOAT32);
-        if (affine) {   /* a snapshot of gamma, beta (1 and 0 when absent) */
-            float *f = affine->data;
-            for (int64_t j = 0; j < 2 * d->co; j++) f[j] = j < d->co ? 1.0f : 0.0f;
-            xt_tensor *parts[2] = {ln_weight, ln_bias};
-            for (int i = 0; i < 2; i++) {
-                if (!parts[i]) continue;
-                xt_tensor *c = dense(parts[i]);
-                if (!c) {
-                    ok = false;
-                    break;
-                }
-                memcpy(f + i * d->co, c->data, sizeof(float) * (size_t)d->co);
-                xt_tensor_release(c);
+    if (ok && d->normalize) stats = xt_empty(3, sshape, XT_FLOAT32);
+    if (ok && keep) consts = xt_empty(1, &ncs, XT_FLOAT32);
+    if (consts) {   /* a snapshot of gamma, beta [co] (1 and 0 when absent) and the bias [O] */
+        float *f = consts->data;
+        for (int64_t j = 0; j < ncs; j++) f[j] = j < d->co ? 1.0f : 0.0f;
+        if (br) memcpy(f + 2 * d->co, br->data, sizeof(float) * (size_t)d->O);
+        xt_tensor *parts[2] = {ln_weight, ln_bias};
+        for (int i = 0; i < 2; i++) {
+            if (!parts[i]) continue;
+            xt_tensor *c = dense(parts[i]);
+            if (!c) {
+                ok = false;
+                break;
             }
+            memcpy(f + i * d->co, c->data, sizeof(float) * (size_t)d->co);
+            xt_tensor_release(c);
         }
     }
-    ok = ok && out && (direct || A) && (!d->normalize || (stats && affine));
+    ok = ok && out && (direct || A) && (!d->normalize || stats) && (!keep || consts);
     xt_status st = ok ? XT_OK : xt_last_status();
     if (st == XT_OK)
-        forward_compute(&pl, br ? br->data : NULL, direct ? out->data : A->data, out->data,
-                        data_or_null(stats), data_or_null(affine), direct);
+        forward_compute(&pl, data_or_null(br), data_or_null(A), out->data, data_or_null(stats),
+                        data_or_null(consts), direct);
     xt_tensor *inputs[6] = {x, prefix, w, b, ln_weight, ln_bias};
     if (st == XT_OK && xt_needs_grad(6, inputs)) {
-        xt_tensor *saved[SAVE_COUNT] = {xr, pr, wr, A, stats, affine};
+        xt_tensor *saved[SAVE_COUNT] = {xr, pr, wr, keep ? A : NULL, stats, consts};
         st = record(out, inputs, saved, d);
     }
-    xt_tensor *temps[7] = {xr, pr, wr, br, A, stats, affine};
+    xt_tensor *temps[7] = {xr, pr, wr, br, A, stats, consts};
     for (int i = 0; i < 7; i++) xt_tensor_release(temps[i]);
     if (st != XT_OK) {
         xt_tensor_release(out);

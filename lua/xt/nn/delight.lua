@@ -429,12 +429,11 @@ local function build_attention(cfg, op)
     return m
 end
 
--- Linear layers as the official code makes them: xavier-uniform weight, zero bias.
-local function xavier_linear(nin, nout, bias)
-    local m = nn().Linear(nin, nout, {bias = bias})
-    init.xavier_uniform_(m.weight)
-    if m.bias then init.zeros_(m.bias) end
-    return m
+-- The block's linear layers, as the official code makes them (its Linear: xavier-uniform
+-- weight, zero bias): a GroupLinear with one group, whose weight [out, in] and bias [out]
+-- are nn.Linear's, run by the fused kernel (an activation fused in when given).
+local function linear(nin, nout, activation)
+    return GroupLinear{in_features = nin, out_features = nout, activation = activation}
 end
 
 ---------------------------------------------------------------------------------------------
@@ -488,16 +487,16 @@ function DeLighTBlock:__init(opts)
                          max_groups = opts.max_groups, dropout = opts.dextra_dropout,
                          shuffle = opts.shuffle, mode = opts.dextra_mode}
     self.attn = build_attention(cfg, op)
-    self.out_proj = xavier_linear(d_o, d_m)
+    self.out_proj = linear(d_o, d_m)
     self.attn_norm = LayerNorm(d_m)
     if opts.cross_attention then
-        self.cross_q = xavier_linear(d_m, d_o)
-        self.cross_kv = xavier_linear(d_m, 2 * d_o)
-        self.cross_out_proj = xavier_linear(d_o, d_m)
+        self.cross_q = linear(d_m, d_o)
+        self.cross_kv = linear(d_m, 2 * d_o)
+        self.cross_out_proj = linear(d_o, d_m)
         self.cross_norm = LayerNorm(d_m)
     end
-    self.fc1 = xavier_linear(d_m, d_m / r)
-    self.fc2 = xavier_linear(d_m / r, d_m)
+    self.fc1 = linear(d_m, d_m / r, 'swish')
+    self.fc2 = linear(d_m / r, d_m)
     self.ffn_norm = LayerNorm(d_m)
 end
 
@@ -547,9 +546,7 @@ function DeLighTBlock:forward(x, memory)
             return self.cross_out_proj(single_head(self.cross_q(h), k, v, p))
         end)
     end
-    return self:residual(x, self.ffn_norm, function(h)
-        return self.fc2(self.fc1(h):silu())
-    end)
+    return self:residual(x, self.ffn_norm, function(h) return self.fc2(self.fc1(h)) end)
 end
 
 ---------------------------------------------------------------------------------------------
