@@ -103,8 +103,9 @@ function M.attention_by_name(name, opts)
     if not spec then
         local known = sorted_names(function(s) return not s.planned end)
         local planned = sorted_names(function(s) return s.planned ~= nil end)
-        error(string.format("%s: unknown attention '%s' (known: %s; planned: %s)", op, tostring(name),
-                            table.concat(known, ', '), table.concat(planned, ', ')), 2)
+        local later = #planned > 0 and ('; planned: ' .. table.concat(planned, ', ')) or ''
+        error(string.format("%s: unknown attention '%s' (known: %s%s)", op, tostring(name),
+                            table.concat(known, ', '), later), 2)
     end
     if spec.planned then
         error(string.format("%s: attention '%s' is planned (%s)", op, name, spec.planned), 2)
