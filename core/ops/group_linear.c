@@ -6,8 +6,8 @@
  *   ci = (dp + dx) / g, b [g, co] or none  ->  y [..., O], O = g * co; n rows (tokens).
  *
  *   u_k       = [prefix[:, k*dp/g ..+dp/g] | x[:, k*dx/g ..+dx/g]]    group k's input
- *   A[t,k,j]  = b[k,j] + sum_a u_k[t,a] w[k,a,j]
- *   S[t,p]    = A[t,k,j] at p = j*g + k (shuffle) or p = k*co + j (no shuffle)
+ *   A[t,k,j]  = sum_a u_k[t,a] w[k,a,j]
+ *   S[t,p]    = A[t,k,j] + b[k,j] at p = j*g + k (shuffle) or p = k*co + j (no shuffle)
  *   Z         = normalize ? LN of each chunk S[t, c*co ..+co) on its own, affine gamma,
  *               beta [co] shared by the g chunks : S
  *   y         = swish ? Z * sigmoid(Z) : Z
@@ -19,14 +19,14 @@
  * or transposed (a transposed Linear weight costs nothing).
  *
  * Forward: the GEMMs write A group-major into a [n, O] buffer; one pass per row gathers it
- * in shuffle order adding the bias, normalises, activates and writes y. A (with the
- * chunks' mean and 1/std) is what the backward keeps; the normalised values are recomputed
- * from it. With nothing after the GEMMs and no shuffle they write y directly (onto the
- * bias, beta = 1).
+ * in shuffle order adding the bias, normalises, activates and writes y. When a norm or
+ * swish follows, A (with the chunks' mean and 1/std and a snapshot of gamma, beta, b) is
+ * what the backward keeps; S and Z are recomputed from it. With nothing after the GEMMs
+ * and no shuffle they write y directly (onto the bias, beta = 1).
  *
  * Backward (dy [n, O] in output order): one pass per row recomputes Z, takes swish's and
  * the chunk LN's derivatives (the shared affine's gradients summed over rows and chunks),
- * and writes dA unshuffled, group-major; then db = column sums of dA, and per group
+ * and writes dA = dS unshuffled, group-major; then db = column sums of dA, and per group
  * dW_k = u_k^T dA_k (two GEMMs with a prefix), dx_k = dA_k Wx_k^T, dprefix_k = dA_k Wp_k^T,
  * each written in place into its slice.
  */
