@@ -37,6 +37,23 @@ local function raise(msg)
 end
 xt._raise = raise
 
+-- opts (a table or nil) holds only keys of `known` (a set); else an error naming op, the
+-- unknown key and the known ones. Returns opts, or {} for nil.
+function xt._check_options(opts, known, op)
+    if opts == nil then return {} end
+    if type(opts) ~= 'table' then raise(op .. ': expected an options table, got ' .. type(opts)) end
+    for key in pairs(opts) do
+        if known[key] == nil then
+            local names = {}
+            for name in pairs(known) do names[#names + 1] = name end
+            table.sort(names)
+            raise(string.format("%s: unknown option '%s' (known: %s)", op, tostring(key),
+                                table.concat(names, ', ')))
+        end
+    end
+    return opts
+end
+
 local function fail()
     raise(ffi.string(C.xt_last_error()))
 end

@@ -33,20 +33,7 @@ local DataLoader = class('DataLoader')
 local OPTIONS = {batch_size = 1, shuffle = false, seed = false, drop_last = false, workers = 0,
                  prefetch = 2, transform = false, channels = false}
 
-local function check_options(opts)
-    if opts == nil then return {} end
-    if type(opts) ~= 'table' then raise('DataLoader: options must be a table, got ' .. type(opts)) end
-    for k in pairs(opts) do
-        if OPTIONS[k] == nil then
-            local names = {}
-            for name in pairs(OPTIONS) do names[#names + 1] = name end
-            table.sort(names)
-            raise(string.format("DataLoader: unknown option '%s' (options: %s)", tostring(k),
-                                table.concat(names, ', ')))
-        end
-    end
-    return opts
-end
+local function check_options(opts) return xt._check_options(opts, OPTIONS, 'DataLoader') end
 
 local function integer_option(opts, name, min)
     local v = opts[name]

@@ -46,20 +46,7 @@ local function size_of(name, size)
     raise(name .. ': size must be a number or {height, width}, got ' .. tostring(size))
 end
 
-local function check_opts(name, opts, allowed)
-    if opts == nil then return {} end
-    if type(opts) ~= 'table' then raise(name .. ': options must be a table, got ' .. type(opts)) end
-    for k in pairs(opts) do
-        if not allowed[k] then
-            local names = {}
-            for a in pairs(allowed) do names[#names + 1] = a end
-            table.sort(names)
-            raise(string.format("%s: unknown option '%s' (options: %s)", name, tostring(k),
-                                table.concat(names, ', ')))
-        end
-    end
-    return opts
-end
+local function check_opts(name, opts, allowed) return xt._check_options(opts, allowed, name) end
 
 -- a number or a list of 1..4 numbers (one per channel)
 local function values_of(name, what, v)

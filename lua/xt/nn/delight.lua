@@ -26,20 +26,7 @@ local function nn() return require 'xt.nn' end
 local function F() return require 'xt.nn.functional' end
 local function opt_c(t) return t and t._c or nil end
 
-local function check_options(opts, known, op)
-    if opts == nil then return {} end
-    if type(opts) ~= 'table' then raise(op .. ': expected an options table, got ' .. type(opts)) end
-    for key in pairs(opts) do
-        if not known[key] then
-            local names = {}
-            for name in pairs(known) do names[#names + 1] = name end
-            table.sort(names)
-            raise(string.format("%s: unknown option '%s' (known: %s)", op, tostring(key),
-                                table.concat(names, ', ')))
-        end
-    end
-    return opts
-end
+local check_options = xt._check_options
 
 local function set_of(list)
     local s = {}

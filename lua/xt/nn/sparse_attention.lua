@@ -23,20 +23,7 @@ local init = require 'xt.nn.initializers'
 local raise, wrap = xt._raise, xt._wrap
 local functional, modules = {}, {}
 
-local function check_options(opts, known, op)
-    if opts == nil then return {} end
-    if type(opts) ~= 'table' then raise(op .. ': expected an options table, got ' .. type(opts)) end
-    for key in pairs(opts) do
-        if not known[key] then
-            local names = {}
-            for name in pairs(known) do names[#names + 1] = name end
-            table.sort(names)
-            raise(string.format("%s: unknown option '%s' (known: %s)", op, tostring(key),
-                                table.concat(names, ', ')))
-        end
-    end
-    return opts
-end
+local check_options = xt._check_options
 
 local function nonneg_int(v) return type(v) == 'number' and v >= 0 and v == math.floor(v) end
 local function positive_int(v) return nonneg_int(v) and v >= 1 end
