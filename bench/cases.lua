@@ -147,4 +147,23 @@ w = torch.randn(512, 512, requires_grad=True)]],
              stmt = '(a @ w).sum().backward()'},
 }
 
+case {
+    name = 'conv block fwd+bwd: Conv2d 3x3 64->64 on [32,64,32,32], BatchNorm, ReLU',
+    flops = 3 * 2 * 32 * 32 * 32 * 64 * 64 * 9,
+    xt = function()
+        local nn = xt.nn
+        local block = nn.Sequential(nn.Conv2d(64, 64, 3, {padding = 1}), nn.BatchNorm2d(64), nn.ReLU())
+        local x = xt.randn(32, 64, 32, 32):requires_grad()
+        return function()
+            block:zero_grad()
+            x.grad = nil
+            block(x):sum():backward()
+        end
+    end,
+    torch = {setup = [[
+block = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU())
+x = torch.randn(32, 64, 32, 32, requires_grad=True)]],
+             stmt = 'block.zero_grad(set_to_none=True); x.grad = None; block(x).sum().backward()'},
+}
+
 return cases

@@ -16,6 +16,15 @@ static xt_status check_shape(int32_t ndim, const int64_t *shape, const char *op)
         if (shape[i] < 0)
             return xt_fail(XT_ERR_ARG, "%s: negative size %lld in dim %lld", op,
                            (long long)shape[i], (long long)xt_shown(i));
+    /* The strides are products of sizes even when another dim is 0, so they must fit too;
+     * 8 bytes per element is the widest dtype. */
+    int64_t span = 8;
+    for (int32_t i = 0; i < ndim; i++)
+        if (shape[i] > 0 && __builtin_mul_overflow(span, shape[i], &span)) {
+            char buf[XT_SHAPE_STR];
+            return xt_fail(XT_ERR_ARG, "%s: shape %s is too large to address", op,
+                           xt_shape_str(buf, ndim, shape));
+        }
     return XT_OK;
 }
 

@@ -17,7 +17,7 @@ local run = xt.experiment.start{
     description = 'AFT-conv image classifier on CIFAR-10 (or Fashion-MNIST when CIFAR-10 is absent)',
     defaults = {
         epochs = 4, batch_size = 128, lr = 4e-3, weight_decay = 0.05, warmup_epochs = 0.5,
-        label_smoothing = 0.1, dim = 64, depth = '2,2', heads = 8, kernel = 7, mlp_ratio = 2,
+        label_smoothing = 0.1, dim = 64, depth = '2,2', heads = 8, kernel = 5, mlp_ratio = 2,
         workers = 2, data = 'data/cifar-10-batches-bin', dataset = 'auto', eval_batch_size = 500,
     },
     help = {

@@ -255,6 +255,32 @@ xt_tensor *xt_scaled_dot_product_attention_dropout(xt_tensor *q, xt_tensor *k, x
                                                    int32_t causal, double scale, double p,
                                                    xt_rng *rng);
 
+/* ---- attention: block-sparse ----------------------------------------------------------
+ * Self-attention (q [...,T,d], k [...,T,d], v [...,T,dv] -> [...,T,dv], scale <= 0 means
+ * 1/sqrt(d)) where query i sees only the keys j of a fixed pattern, one softmax over them
+ * (research/efficient_attention.md § 2.2-2.4). The tiled kernel of
+ * xt_scaled_dot_product_attention visits only the key tiles the pattern touches, so time is
+ * O(T * keys per query * d) and memory linear in T. causal != 0 also hides every j > i. A
+ * query that sees no key gets 0.
+ * Sliding window: key j is seen when i - before <= j <= i + after. */
+xt_tensor *xt_local_attention(xt_tensor *q, xt_tensor *k, xt_tensor *v, int64_t before,
+                              int64_t after, int32_t causal, double scale);
+/* Sparse Transformer (Child et al. 2019), one softmax over the union of both halves:
+ * XT_SPARSE_STRIDED: |i - j| <= stride, or (i - j) mod stride == 0 (summary unused);
+ * XT_SPARSE_FIXED: floor(i/stride) == floor(j/stride), or j mod stride >= stride - summary
+ * (the last `summary` keys of every block; 0 <= summary <= stride). */
+typedef enum xt_sparse_pattern { XT_SPARSE_STRIDED = 0, XT_SPARSE_FIXED = 1 } xt_sparse_pattern;
+xt_tensor *xt_sparse_attention(xt_tensor *q, xt_tensor *k, xt_tensor *v, int32_t pattern,
+                               int64_t stride, int64_t summary, int32_t causal, double scale);
+/* Longformer / BigBird: the sliding window (before, after), plus global tokens (global: int64
+ * indices base .. base+T-1, any shape, or NULL) that see every key and are seen by every
+ * query, plus (random_blocks > 0) BigBird's random blocks: query block i / block also sees
+ * random_blocks distinct key blocks drawn from philox(seed). */
+xt_tensor *xt_global_local_attention(xt_tensor *q, xt_tensor *k, xt_tensor *v, int64_t before,
+                                     int64_t after, xt_tensor *global, int64_t base,
+                                     int64_t random_blocks, int64_t block, uint64_t seed,
+                                     int32_t causal, double scale);
+
 /* ---- attention: efficient variants --------------------------------------------------------
  * Kernel ("linear") attention (Katharopoulos et al. 2020). With a positive feature map phi:
  *   out_i = phi(q_i) S / (phi(q_i) . z + eps),  S = sum_j phi(k_j) v_j^T,  z = sum_j phi(k_j)

@@ -29,77 +29,28 @@
 
 #include <omp.h>
 
-/* Per (batch item, head) the planes live in two layouts with row stride Wp = W + kw - 1:
- *  - padded: (y, x) at (y + ch) Wp + (x + cw), zeros around (ch = kh/2, cw = kw/2; one
- *    spare zero row at the bottom), Pp = (H + kh) Wp floats;
- *  - rows: (y, x) at y Wp + x, the columns x >= W unused, Q = H Wp floats.
- * Every window sum is then kh*kw multiply-adds of whole shifted planes (one contiguous
- * loop each, whatever the image width):
- *   conv(X)[q]   = sum_ij F[ij] Xpad[q + i Wp + j]                  (key p + d for query p)
- *   convT(Y)[q]  = sum_ij F[ij] Ypad[q + (2ch - i) Wp + (2cw - j)]  (queries that see key p)
- *   corr_ij(Y,X) = sum_q Ypad[ch Wp + cw + q] Xpad[q + i Wp + j]     (a padded plane read from
- *                  ch Wp + cw is the rows layout with zeros in the unused columns) */
 typedef struct conv_geom {
     int64_t B, C, heads, cg, H, W, P; /* cg = C / heads channels per head; P = H W */
-    int64_t kh, kw, kk, ch, cw;
-    int64_t Wp, Pp, Q, base;          /* base = ch Wp + cw */
+    int64_t kh, kw, kk;
 } conv_geom;
 
-static void conv_geom_init(conv_geom *g)
-{
-    g->cg = g->C / g->heads, g->P = g->H * g->W, g->kk = g->kh * g->kw;
-    g->ch = g->kh / 2, g->cw = g->kw / 2;
-    g->Wp = g->W + g->kw - 1, g->Pp = (g->H + g->kh) * g->Wp, g->Q = g->H * g->Wp;
-    g->base = g->ch * g->Wp + g->cw;
-}
-
-static inline int64_t shift_of(const conv_geom *g, int64_t ij) { return ij / g->kw * g->Wp + ij % g->kw; }
-static inline int64_t tshift_of(const conv_geom *g, int64_t ij)
-{
-    return (2 * g->ch - ij / g->kw) * g->Wp + (2 * g->cw - ij % g->kw);
-}
-
-/* out[q] += f * in[q + shift] for q < n */
-static inline void axpy(float *out, const float *in, float f, int64_t n)
-{
-#pragma omp simd
-    for (int64_t q = 0; q < n; q++) out[q] += f * in[q];
-}
-
-static inline double dot(const float *a, const float *b, int64_t n)
+static double plane_sum(const float *x, int64_t P)
 {
     double s = 0;
 #pragma omp simd reduction(+ : s)
-    for (int64_t q = 0; q < n; q++) s += a[q] * b[q];
+    for (int64_t p = 0; p < P; p++) s += x[p];
     return s;
 }
 
-static double plane_sum(const float *x, int64_t n)
-{
-    double s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t p = 0; p < n; p++) s += x[p];
-    return s;
-}
-
-/* The head's offsets: Epad = exp(k - m) padded (returns m; *S gets its sum); r = max(0,
- * max w); ew = exp(w - r) and F = ew - exp(-r) (kk each). */
-static float head_setup(const conv_geom *g, const float *kp, const float *wh, float *Epad,
-                        float *F, float *ew, float *r_out, double *S)
+/* The head's offsets: E = exp(k - m) into E (returns m); r = max(0, max w); F' = exp(w - r)
+ * - exp(-r) and ew = exp(w - r) into F and ew (kk each). */
+static float head_setup(const conv_geom *g, const float *kp, const float *wh, float *E,
+                        float *F, float *ew, float *r_out)
 {
     float m = -INFINITY, r = 0.0f;
     for (int64_t p = 0; p < g->P; p++) m = kp[p] > m ? kp[p] : m;
-    memset(Epad, 0, sizeof(float) * (size_t)g->Pp);
-    double sum = 0;
-    for (int64_t y = 0; y < g->H; y++) {
-        float *e = Epad + g->base + y * g->Wp;
-        const float *ky = kp + y * g->W;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t x = 0; x < g->W; x++) {
-            e[x] = aft_exp(ky[x] - m);
-            sum += e[x];
-        }
-    }
+#pragma omp simd
+    for (int64_t p = 0; p < g->P; p++) E[p] = aft_exp(kp[p] - m);
     for (int64_t d = 0; d < g->kk; d++) r = wh[d] > r ? wh[d] : r;
     float osc = expf(-r);
     for (int64_t d = 0; d < g->kk; d++) {
@@ -107,14 +58,13 @@ static float head_setup(const conv_geom *g, const float *kp, const float *wh, fl
         F[d] = ew[d] - osc;
     }
     *r_out = r;
-    *S = sum;
     return m;
 }
 
 /* The bias between query p and key pk: w inside the window, 0 outside. */
 static inline float conv_bias(const conv_geom *g, const float *wh, int64_t p, int64_t pk)
 {
-    int64_t i = pk / g->W - p / g->W + g->ch, j = pk % g->W - p % g->W + g->cw;
+    int64_t i = pk / g->W - p / g->W + g->kh / 2, j = pk % g->W - p % g->W + g->kw / 2;
     return i >= 0 && i < g->kh && j >= 0 && j < g->kw ? wh[i * g->kw + j] : 0.0f;
 }
 
@@ -130,75 +80,175 @@ static double direct_lse(const conv_geom *g, const float *kp, const float *wh, i
     return M + log(s);
 }
 
-/* Scratch per task, in floats (the doubles take two). */
-static int64_t conv_scratch_floats(const conv_geom *g) { return 4 * g->Pp + 10 * g->Q + 2 * g->kk; }
+/* ---- window sums on padded, channel-interleaved planes ---------------------------------
+ *
+ * A head's cg channels are stored interleaved, [H, W, cg] (channel fastest), inside a zero
+ * border of kh/2 rows and kw/2 columns: padded rows of li = (W + kw - 1) cg floats. A tap
+ * (i, j) of the window is then one shift of a whole row by j cg floats, so each output row
+ * of W cg floats is kh kw contiguous multiply-adds over all the head's channels at once,
+ * with no bounds tests (the border supplies the zeros). */
+
+/* out[y, t] += sum_{i,j} F[i kw + j] in[y + i, j step + t] for y < H, t < lo. An output
+ * row goes in blocks of CORR_BLOCK floats that stay in registers over all the taps. */
+#define CORR_BLOCK 16
+
+static void window_corr(float *out, int64_t lo, const float *in, int64_t li, const float *F,
+                        int64_t H, int64_t kh, int64_t kw, int64_t step)
+{
+    for (int64_t y = 0; y < H; y++) {
+        float *o = out + y * lo;
+        const float *row = in + y * li;
+        int64_t t0 = 0;
+        for (; t0 + CORR_BLOCK <= lo; t0 += CORR_BLOCK) {
+            float acc[CORR_BLOCK];
+            memcpy(acc, o + t0, sizeof acc);
+            for (int64_t i = 0; i < kh; i++)
+                for (int64_t j = 0; j < kw; j++) {
+                    const float *s = row + i * li + j * step + t0, f = F[i * kw + j];
+#pragma omp simd
+                    for (int64_t t = 0; t < CORR_BLOCK; t++) acc[t] += f * s[t];
+                }
+            memcpy(o + t0, acc, sizeof acc);
+        }
+        for (int64_t i = 0; i < kh && t0 < lo; i++)
+            for (int64_t j = 0; j < kw; j++) {
+                const float *s = row + i * li + j * step, f = F[i * kw + j];
+#pragma omp simd
+                for (int64_t t = t0; t < lo; t++) o[t] += f * s[t];
+            }
+    }
+}
+
+/* dw[i kw + j] += sign scale[i kw + j] sum_{y,t} a[y, t] in[y + i, j step + t], a read with
+ * row stride la. Each lane of a block of CORR_BLOCK columns sums over the rows in float (in
+ * registers), the lanes are then summed in double; columns past the last block go through
+ * acc [lo] the same way. */
+static void window_dot(double *dw, double sign, const float *scale, const float *a, int64_t la,
+                       int64_t lo, const float *in, int64_t li, int64_t H, int64_t kh,
+                       int64_t kw, int64_t step, float *acc)
+{
+    int64_t blocked = lo - lo % CORR_BLOCK;
+    for (int64_t i = 0; i < kh; i++)
+        for (int64_t j = 0; j < kw; j++) {
+            const float *base = in + i * li + j * step;
+            double s = 0;
+            for (int64_t t0 = 0; t0 < blocked; t0 += CORR_BLOCK) {
+                float blk[CORR_BLOCK] = {0};
+                for (int64_t y = 0; y < H; y++) {
+                    const float *pa = a + y * la + t0, *pb = base + y * li + t0;
+#pragma omp simd
+                    for (int64_t t = 0; t < CORR_BLOCK; t++) blk[t] += pa[t] * pb[t];
+                }
+                s += plane_sum(blk, CORR_BLOCK);
+            }
+            if (blocked < lo) {
+                for (int64_t t = blocked; t < lo; t++) acc[t] = 0;
+                for (int64_t y = 0; y < H; y++) {
+                    const float *pa = a + y * la, *pb = base + y * li;
+#pragma omp simd
+                    for (int64_t t = blocked; t < lo; t++) acc[t] += pa[t] * pb[t];
+                }
+                s += plane_sum(acc + blocked, lo - blocked);
+            }
+            dw[i * kw + j] += sign * (double)scale[i * kw + j] * s;
+        }
+}
+
+/* Padded interleaved layout of one head: rows, row length and the interior's origin. */
+typedef struct pad_geom {
+    int64_t Hp, li, origin; /* origin: offset of position (0,0) */
+} pad_geom;
+
+static pad_geom pad_layout(const conv_geom *g, int64_t cg)
+{
+    int64_t Wp = g->W + g->kw - 1;
+    pad_geom pg = {g->H + g->kh - 1, Wp * cg, 0};
+    pg.origin = (g->kh / 2) * pg.li + (g->kw / 2) * cg;
+    return pg;
+}
+
+/* The kernel reversed, for the transposed correlation (conv^T). */
+static void flip_kernel(const conv_geom *g, const float *F, float *Ff)
+{
+    for (int64_t d = 0; d < g->kk; d++) Ff[d] = F[g->kk - 1 - d];
+}
 
 /* ---- forward -------------------------------------------------------------------------- */
 
-/* One (b, head): y and A [cg,H,W] for its channels, lam [H,W] = log(den) relative to m + r. */
+/* One (b, head): y and A for its channels, lam [P] = log(den) relative to m + r. */
 static void conv_forward_head(const conv_geom *g, const float *q, const float *kp,
                               const float *v, const float *wh, float *y, float *A, float *lam,
-                              float *scratch)
+                              float *scratch, double *dscratch)
 {
-    int64_t H = g->H, W = g->W, Wp = g->Wp, Q = g->Q, P = g->P;
-    float *Epad = scratch, *Xpad = Epad + g->Pp, *num = Xpad + g->Pp, *den = num + Q;
-    float *F = den + Q, *ew = F + g->kk;
-    double *cnt = (double *)(ew + g->kk), *inw = cnt + Q;
-    double S;
-    float r, m = head_setup(g, kp, wh, Epad, F, ew, &r, &S);
-    double osc = exp(-(double)r);
+    int64_t P = g->P, H = g->H, W = g->W, cg = g->cg;
+    pad_geom pc = pad_layout(g, cg), p1 = pad_layout(g, 1);
+    float *E = scratch, *F = E + P, *ew = F + g->kk, *X = ew + g->kk; /* X padded [Hp, li] */
+    float *num = X + pc.Hp * pc.li;                                    /* [P, cg] */
+    float *invd = num + P * cg, *nc = invd + P; /* 1/den (0: direct output); a num plane */
+    double *Ed = dscratch, *cnt = Ed + p1.Hp * p1.li, *inw = cnt + P;
+    float r, m = head_setup(g, kp, wh, E, F, ew, &r);
+    double osc = exp(-(double)r), S = plane_sum(E, P);
 
-    /* den = exp(-r) (S - window keys) + window keys weighted by exp(w - r); the outside
-     * part is >= 0 exactly, so clamping it keeps den > 0 through rounding */
-    for (int64_t i = 0; i < Q; i++) cnt[i] = inw[i] = 0;
-    for (int64_t d = 0; d < g->kk; d++) {
-        const float *e = Epad + shift_of(g, d);
-        double f = ew[d];
-#pragma omp simd
-        for (int64_t i = 0; i < Q; i++) {
-            cnt[i] += e[i];
-            inw[i] += f * e[i];
-        }
-    }
-    int64_t flagged = 0;
+    /* den = exp(-r) (S - window keys) + window keys weighted by exp(w - r), in double */
+    memset(Ed, 0, sizeof(double) * (size_t)(p1.Hp * p1.li));
     for (int64_t yy = 0; yy < H; yy++)
-        for (int64_t x = 0; x < W; x++) {
-            int64_t i = yy * Wp + x, p = yy * W + x;
-            double out = S - cnt[i], d = osc * (out > 0 ? out : 0) + inw[i];
-            bool ok = d >= AFT_TINY;
-            lam[p] = ok ? aft_log((float)d) : (float)(direct_lse(g, kp, wh, p) - m - r);
-            den[i] = ok ? (float)d : 0.0f; /* 0: a direct output */
-            flagged += !ok;
-        }
-    memset(Xpad, 0, sizeof(float) * (size_t)g->Pp);
-    for (int64_t c = 0; c < g->cg; c++) {
-        const float *vc = v + c * P, *qc = q + c * P;
-        float *yc = y + c * P, *ac = A + c * P;
-        for (int64_t yy = 0; yy < H; yy++) {
-            float *xr = Xpad + g->base + yy * Wp;
-            const float *er = Epad + g->base + yy * Wp, *vr = vc + yy * W;
+        for (int64_t x = 0; x < W; x++) Ed[p1.origin + yy * p1.li + x] = E[yy * W + x];
+    for (int64_t p = 0; p < P; p++) cnt[p] = inw[p] = 0;
+    for (int64_t yy = 0; yy < H; yy++)
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) {
+                const double *s = Ed + (yy + i) * p1.li + j;
+                double f = ew[i * g->kw + j], *c = cnt + yy * W, *n = inw + yy * W;
 #pragma omp simd
-            for (int64_t x = 0; x < W; x++) xr[x] = er[x] * vr[x];
-        }
-        float sv = (float)(osc * plane_sum(Xpad, g->Pp));
-        for (int64_t i = 0; i < Q; i++) num[i] = sv;
-        for (int64_t d = 0; d < g->kk; d++) axpy(num, Xpad + shift_of(g, d), F[d], Q);
-        for (int64_t yy = 0; yy < H; yy++) {
-            const float *nr = num + yy * Wp, *dr = den + yy * Wp, *qr = qc + yy * W;
-            float *ar = ac + yy * W, *yr = yc + yy * W;
-#pragma omp simd
-            for (int64_t x = 0; x < W; x++) {
-                float a = dr[x] > 0 ? nr[x] / dr[x] : 0.0f;
-                ar[x] = a;
-                yr[x] = aft_sigmoid(qr[x]) * a;
+                for (int64_t x = 0; x < W; x++) {
+                    c[x] += s[x];
+                    n[x] += f * s[x];
+                }
             }
+    int64_t flagged = 0;
+#pragma omp simd reduction(+ : flagged)
+    for (int64_t p = 0; p < P; p++) {
+        double out = S - cnt[p], den = osc * (out > 0 ? out : 0) + inw[p];
+        bool ok = den >= AFT_TINY;
+        lam[p] = aft_log(ok ? (float)den : 1.0f);
+        invd[p] = ok ? (float)(1.0 / den) : 0.0f;
+        flagged += !ok;
+    }
+    for (int64_t p = 0; p < P && flagged; p++)
+        if (invd[p] == 0) lam[p] = (float)(direct_lse(g, kp, wh, p) - m - r);
+
+    /* X = E V, interleaved and padded; num starts at the global term exp(-r) sum_p X,
+     * one row of it built first and copied to the others */
+    memset(X, 0, sizeof(float) * (size_t)(pc.Hp * pc.li));
+    for (int64_t c = 0; c < cg; c++) {
+        const float *vc = v + c * P;
+        float *xc = X + pc.origin + c;
+#pragma omp simd
+        for (int64_t p = 0; p < P; p++) nc[p] = E[p] * vc[p];
+        float s = (float)(osc * plane_sum(nc, P));
+        for (int64_t yy = 0; yy < H; yy++)
+            for (int64_t x = 0; x < W; x++) xc[yy * pc.li + x * cg] = nc[yy * W + x];
+        for (int64_t x = 0; x < W; x++) num[x * cg + c] = s;
+    }
+    for (int64_t yy = 1; yy < H; yy++) memcpy(num + yy * W * cg, num, sizeof(float) * (size_t)(W * cg));
+    window_corr(num, W * cg, X, pc.li, F, H, g->kh, g->kw, cg);
+
+    for (int64_t c = 0; c < cg; c++) {
+        const float *qc = q + c * P;
+        float *yc = y + c * P, *ac = A + c * P;
+        for (int64_t p = 0; p < P; p++) nc[p] = num[p * cg + c];
+#pragma omp simd
+        for (int64_t p = 0; p < P; p++) {
+            float a = invd[p] > 0 ? nc[p] * invd[p] : 0.0f;
+            ac[p] = a;
+            yc[p] = aft_sigmoid(qc[p]) * a;
         }
     }
     if (flagged == 0) return;
     for (int64_t p = 0; p < P; p++) {
-        if (den[p / W * Wp + p % W] > 0) continue;
+        if (invd[p] > 0) continue;
         double L = (double)lam[p] + m + r;
-        for (int64_t c = 0; c < g->cg; c++) {
+        for (int64_t c = 0; c < cg; c++) {
             const float *vc = v + c * P;
             double n = 0;
             for (int64_t pk = 0; pk < P; pk++)
@@ -209,24 +259,43 @@ static void conv_forward_head(const conv_geom *g, const float *q, const float *k
     }
 }
 
+/* Scratch per thread, floats (forward or backward, whichever needs more) and doubles. */
+static int64_t conv_scratch_floats(const conv_geom *g)
+{
+    pad_geom pc = pad_layout(g, g->cg), p1 = pad_layout(g, 1);
+    return 2 * pc.Hp * pc.li + 3 * g->P * g->cg + 2 * p1.Hp * p1.li + 8 * g->P + 3 * g->kk +
+           g->cg;
+}
+
+static int64_t conv_scratch_doubles(const conv_geom *g)
+{
+    pad_geom p1 = pad_layout(g, 1);
+    return p1.Hp * p1.li + 2 * g->P + g->cg;
+}
+
 static xt_status conv_forward(const conv_geom *g, const float *q, const float *k, const float *v,
                               const float *w, float *y, float *A, float *lam)
 {
     int nt = omp_get_max_threads();
-    int64_t nf = conv_scratch_floats(g);
-    xt_tensor *hold = NULL;
-    float *scratch = aft_buffer(&hold, nf * nt);
-    if (!scratch) return xt_last_status();
+    int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g);
+    xt_tensor *hold[2] = {NULL, NULL};
+    float *scratch = aft_buffer(&hold[0], nf * nt);
+    double *dscratch = (double *)aft_buffer(&hold[1], 2 * nd * nt);
+    if (!scratch || !dscratch) {
+        aft_release(2, hold);
+        return xt_last_status();
+    }
     int64_t tasks = g->B * g->heads;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) \
     if (g->B * g->C * g->P * g->kk > XT_PARALLEL_GRAIN)
     for (int64_t task = 0; task < tasks; task++) {
         int64_t b = task / g->heads, i = task % g->heads;
         int64_t off = (b * g->C + i * g->cg) * g->P;
+        int tid = omp_get_thread_num();
         conv_forward_head(g, q + off, k + task * g->P, v + off, w + i * g->kk, y + off, A + off,
-                          lam + task * g->P, scratch + omp_get_thread_num() * nf);
+                          lam + task * g->P, scratch + tid * nf, dscratch + tid * nd);
     }
-    xt_tensor_release(hold);
+    aft_release(2, hold);
     return XT_OK;
 }
 
@@ -237,90 +306,106 @@ typedef struct conv_grads {
     double *dw;          /* [B, heads, kk] partial sums, or NULL */
 } conv_grads;
 
-/* One (b, head); the caller offsets the tensors to it. */
+/* One (b, head). Offsets into the tensors are applied by the caller. */
 static void conv_backward_head(const conv_geom *g, const float *q, const float *kp,
                                const float *v, const float *wh, const float *A,
                                const float *lam, const float *G, float *dq, float *dkp,
                                float *dv, double *dw, float *scratch)
 {
-    int64_t H = g->H, W = g->W, Wp = g->Wp, Q = g->Q, P = g->P, kk = g->kk;
-    float *Epad = scratch, *Xpad = Epad + g->Pp, *hpad = Xpad + g->Pp, *apad = hpad + g->Pp;
-    float *inv = apad + g->Pp, *U = inv + Q, *vu = U + Q, *ua = vu + Q, *F = ua + Q, *ew = F + kk;
-    double S;
-    float r, m = head_setup(g, kp, wh, Epad, F, ew, &r, &S);
-    float osc = expf(-r);
+    int64_t P = g->P, H = g->H, W = g->W, kk = g->kk, cg = g->cg;
+    pad_geom pc = pad_layout(g, cg), p1 = pad_layout(g, 1);
+    int64_t npc = pc.Hp * pc.li, np1 = p1.Hp * p1.li;
+    float *E = scratch, *F = E + P, *ew = F + kk, *Ff = ew + kk, *inv = Ff + kk, *vu = inv + P;
+    float *ua = vu + P, *Hn = ua + P; /* Hn: G sigmoid(q) / den, padded interleaved */
+    float *X = Hn + npc;              /* E V, padded interleaved */
+    float *U = X + npc;               /* [P, cg] */
+    float *a = U + P * cg, *Ep = a + np1; /* a and E padded, single planes */
+    float *ap = Ep + np1, *nc = ap + P;   /* a; one channel's plane (or a row of U) */
+    float *hs = nc + P * cg;              /* [cg] */
+    float r, m = head_setup(g, kp, wh, E, F, ew, &r);
+    double osc = exp(-(double)r);
     bool need_kv = dkp || dv;
+    flip_kernel(g, F, Ff);
     int64_t flagged = 0;
     for (int64_t p = 0; p < P; p++) {
         bool ok = lam[p] >= AFT_LOG_TINY;
-        inv[p / W * Wp + p % W] = ok ? aft_exp(-lam[p]) : 0.0f; /* direct ones: below */
+        inv[p] = ok ? aft_exp(-lam[p]) : 0.0f; /* direct outputs are handled below */
         flagged += !ok;
+        vu[p] = 0;
     }
-    memset(Xpad, 0, sizeof(float) * (size_t)g->Pp);
-    memset(hpad, 0, sizeof(float) * (size_t)g->Pp);
-    memset(apad, 0, sizeof(float) * (size_t)g->Pp);
-    memset(vu, 0, sizeof(float) * (size_t)Q);
-    for (int64_t c = 0; c < g->cg; c++) {
-        const float *qc = q + c * P, *gc = G + c * P, *ac = A + c * P, *vc = v + c * P;
-        /* hn = G sigmoid(q) / den and a += hn A, padded; dq */
-        for (int64_t yy = 0; yy < H; yy++) {
-            float *hr = hpad + g->base + yy * Wp, *sr = apad + g->base + yy * Wp;
-            const float *ir = inv + yy * Wp;
-            int64_t o = yy * W;
+    memset(Hn, 0, sizeof(float) * (size_t)npc);
+    for (int64_t p = 0; p < P; p++) ap[p] = 0;
+    for (int64_t c = 0; c < cg; c++) {
+        const float *qc = q + c * P, *gc = G + c * P, *ac = A + c * P;
+        float *hc = Hn + pc.origin + c;
 #pragma omp simd
-            for (int64_t x = 0; x < W; x++) {
-                float s = aft_sigmoid(qc[o + x]);
-                if (dq) dq[c * P + o + x] = gc[o + x] * ac[o + x] * s * (1.0f - s);
-                hr[x] = gc[o + x] * s * ir[x];
-                sr[x] += hr[x] * ac[o + x];
-            }
+        for (int64_t p = 0; p < P; p++) {
+            float s = aft_sigmoid(qc[p]);
+            if (dq) dq[c * P + p] = gc[p] * ac[p] * s * (1.0f - s);
+            float h = gc[p] * s * inv[p];
+            nc[p] = h;
+            ap[p] += h * ac[p];
         }
-        if (need_kv) {
-            float hs = (float)(osc * plane_sum(hpad, g->Pp));
-            for (int64_t i = 0; i < Q; i++) U[i] = hs;
-            for (int64_t d = 0; d < kk; d++) axpy(U, hpad + tshift_of(g, d), F[d], Q);
-            for (int64_t yy = 0; yy < H; yy++) {
-                const float *ur = U + yy * Wp, *er = Epad + g->base + yy * Wp, *vr = vc + yy * W;
-                float *vur = vu + yy * Wp;
+        hs[c] = (float)(osc * plane_sum(nc, P));
+        for (int64_t yy = 0; yy < H; yy++)
+            for (int64_t x = 0; x < W; x++) hc[yy * pc.li + x * cg] = nc[yy * W + x];
+    }
+    if (need_kv) {
+        /* U = exp(-r) sum_p Hn + conv^T(Hn, F'); dV = E U, vu = sum_c V U */
+        for (int64_t x = 0; x < W; x++)
+            for (int64_t c = 0; c < cg; c++) U[x * cg + c] = hs[c];
+        for (int64_t yy = 1; yy < H; yy++) memcpy(U + yy * W * cg, U, sizeof(float) * (size_t)(W * cg));
+        window_corr(U, W * cg, Hn, pc.li, Ff, H, g->kh, g->kw, cg);
+        for (int64_t c = 0; c < cg; c++) {
+            const float *vc = v + c * P;
+            for (int64_t p = 0; p < P; p++) nc[p] = U[p * cg + c];
 #pragma omp simd
-                for (int64_t x = 0; x < W; x++) {
-                    if (dv) dv[c * P + yy * W + x] = er[x] * ur[x];
-                    vur[x] += vr[x] * ur[x];
-                }
+            for (int64_t p = 0; p < P; p++) {
+                if (dv) dv[c * P + p] = E[p] * nc[p];
+                vu[p] += vc[p] * nc[p];
             }
-        }
-        if (dw) {
-            for (int64_t yy = 0; yy < H; yy++) {
-                float *xr = Xpad + g->base + yy * Wp;
-                const float *er = Epad + g->base + yy * Wp, *vr = vc + yy * W;
-#pragma omp simd
-                for (int64_t x = 0; x < W; x++) xr[x] = er[x] * vr[x];
-            }
-            for (int64_t d = 0; d < kk; d++)
-                dw[d] += ew[d] * dot(hpad + g->base, Xpad + shift_of(g, d), Q);
         }
     }
+    if (dw) {
+        /* + exp(w - r) sum_p sum_c Hn_p V_{p+d} E_{p+d} */
+        memset(X, 0, sizeof(float) * (size_t)npc);
+        for (int64_t c = 0; c < cg; c++) {
+            const float *vc = v + c * P;
+            float *xc = X + pc.origin + c;
+#pragma omp simd
+            for (int64_t p = 0; p < P; p++) nc[p] = E[p] * vc[p];
+            for (int64_t yy = 0; yy < H; yy++)
+                for (int64_t x = 0; x < W; x++) xc[yy * pc.li + x * cg] = nc[yy * W + x];
+        }
+        window_dot(dw, 1.0, ew, Hn + pc.origin, pc.li, W * cg, X, pc.li, H, g->kh, g->kw, cg, nc);
+    }
+    /* a, padded */
+    memset(a, 0, sizeof(float) * (size_t)np1);
+    float *ai = a + p1.origin; /* a's interior, rows of p1.li */
+    for (int64_t yy = 0; yy < H; yy++) memcpy(ai + yy * p1.li, ap + yy * W, sizeof(float) * (size_t)W);
     if (dkp) {
-        float as = (float)(osc * plane_sum(apad, g->Pp));
-        for (int64_t i = 0; i < Q; i++) ua[i] = as;
-        for (int64_t d = 0; d < kk; d++) axpy(ua, apad + tshift_of(g, d), F[d], Q);
-        for (int64_t yy = 0; yy < H; yy++) {
-            const float *er = Epad + g->base + yy * Wp, *vur = vu + yy * Wp, *uar = ua + yy * Wp;
+        double as = plane_sum(ap, P);
+        for (int64_t p = 0; p < P; p++) ua[p] = (float)(osc * as);
+        window_corr(ua, W, a, p1.li, Ff, H, g->kh, g->kw, 1);
 #pragma omp simd
-            for (int64_t x = 0; x < W; x++) dkp[yy * W + x] = er[x] * (vur[x] - uar[x]);
-        }
+        for (int64_t p = 0; p < P; p++) dkp[p] = E[p] * (vu[p] - ua[p]);
     }
-    if (dw)
-        for (int64_t d = 0; d < kk; d++)
-            dw[d] -= ew[d] * dot(apad + g->base, Epad + shift_of(g, d), Q);
+    if (dw) {
+        /* - exp(w - r) sum_p a_p E_{p+d} */
+        memset(Ep, 0, sizeof(float) * (size_t)np1);
+        for (int64_t yy = 0; yy < H; yy++)
+            for (int64_t x = 0; x < W; x++) Ep[p1.origin + yy * p1.li + x] = E[yy * W + x];
+        window_dot(dw, -1.0, ew, ai, p1.li, W, Ep, p1.li, H, g->kh, g->kw, 1, nc);
+    }
     if (flagged == 0) return;
     /* direct sums for the outputs whose den underflowed: alpha = exp(k + w' - L) */
     for (int64_t p = 0; p < P; p++) {
         if (lam[p] >= AFT_LOG_TINY) continue;
         double L = (double)lam[p] + m + r;
         for (int64_t pk = 0; pk < P; pk++) {
-            float alpha = (float)exp((double)kp[pk] + conv_bias(g, wh, p, pk) - L);
-            int64_t i = pk / W - p / W + g->ch, j = pk % W - p % W + g->cw;
+            float bias = conv_bias(g, wh, p, pk);
+            float alpha = (float)exp((double)kp[pk] + bias - L);
+            int64_t i = pk / W - p / W + g->kh / 2, j = pk % W - p % W + g->kw / 2;
             bool in_window = i >= 0 && i < g->kh && j >= 0 && j < g->kw;
             double gk = 0;
             for (int64_t c = 0; c < g->cg; c++) {
@@ -368,7 +453,7 @@ static xt_status aft_conv_backward(xt_node *node, xt_tensor *dout, xt_tensor **d
     xt_tensor *q = s[0], *k = s[1], *w = s[3];
     conv_geom g = {.B = q->shape[0], .C = q->shape[1], .heads = k->shape[1], .H = q->shape[2],
                    .W = q->shape[3], .kh = w->shape[1], .kw = w->shape[2]};
-    conv_geom_init(&g);
+    g.cg = g.C / g.heads, g.P = g.H * g.W, g.kk = g.kh * g.kw;
 
     xt_tensor *gc = xt_contiguous(dout);
     xt_tensor *dt[4] = {NULL, NULL, NULL, NULL};
@@ -451,7 +536,7 @@ xt_tensor *xt_aft_conv(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w)
     if (conv_check(q, k, v, w)) return NULL;
     conv_geom g = {.B = q->shape[0], .C = q->shape[1], .heads = k->shape[1], .H = q->shape[2],
                    .W = q->shape[3], .kh = w->shape[1], .kw = w->shape[2]};
-    conv_geom_init(&g);
+    g.cg = g.C / g.heads, g.P = g.H * g.W, g.kk = g.kh * g.kw;
 
     xt_tensor *qc = aft_dense(q), *kc = aft_dense(k), *vc = aft_dense(v), *wc = aft_dense(w);
     xt_tensor *y = xt_empty(4, q->shape, XT_FLOAT32), *A = xt_empty(4, q->shape, XT_FLOAT32);

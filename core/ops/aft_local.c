@@ -526,9 +526,10 @@ static xt_status band_backward_kernel(const band *g, const float *q,
                 int64_t o = (b * T + t) * D;
                 const float *kr = k + o, *vr = v + o, *mb = m + b * D;
                 const float *u = Z + t * J + b * 2 * D, *u2 = u + D;
+                const float *negE = X ? X + t * J + b * 2 * D + D : NULL; /* -E, when made */
 #pragma omp simd
                 for (int64_t c = 0; c < D; c++) {
-                    float e = aft_exp(kr[c] - mb[c]);
+                    float e = negE ? -negE[c] : aft_exp(kr[c] - mb[c]);
                     if (d.dv) d.dv[o + c] = e * u[c];
                     if (d.dk) d.dk[o + c] = e * (vr[c] * u[c] - u2[c]);
                 }

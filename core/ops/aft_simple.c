@@ -9,12 +9,14 @@
  * COLS channels (each block scans time with a contiguous inner loop over its channels).
  *
  * Causal scan per channel, state (m, n, s) in double: m' = max(m, k_t),
- *   n = n e^(m - m') + e^(k_t - m') v_t,  s = s e^(m - m') + e^(k_t - m'),  A_t = n / s,
- * and L_t = m' + log s (the prefix log-sum-exp) is saved. One of the two exps is 1, so
- * each step takes one exp of -|k_t - m|. Backward, the reverse scan of section 5.3
- * (every factor e^(L_t - L_{t+1}) <= 1, so nothing overflows):
- *   R1_t = H_t + e^(L_t - L_{t+1}) R1_{t+1},  R2_t = H_t A_t + e^(L_t - L_{t+1}) R2_{t+1}
- *   dV_t = e^(k_t - L_t) R1_t,  dK_t = e^(k_t - L_t) (V_t R1_t - R2_t),  H = G sigmoid(q).
+ *   n = n e^(m - m') + e^(k_t - m') v_t,  s = s e^(m - m') + e^(k_t - m'),  A_t = n / s;
+ * one of the two exps is 1, so each step takes one exp of -|k_t - m|. Saved: A_t and
+ * alpha_t = e^(k_t - m') / s = e^(k_t - L_t), the weight of the newest key (L_t the prefix
+ * log-sum-exp). Backward, the reverse scan of section 5.3, whose decay factor is
+ * e^(L_t - L_{t+1}) = 1 - alpha_{t+1} (the previous keys' share of the next normaliser),
+ * so the backward needs no exp beyond the gate's:
+ *   R1_t = H_t + (1 - alpha_{t+1}) R1_{t+1},  R2_t = H_t A_t + (1 - alpha_{t+1}) R2_{t+1}
+ *   dV_t = alpha_t R1_t,  dK_t = alpha_t (V_t R1_t - R2_t),  H = G sigmoid(q).
  * Non-causal: a = n / s, L = m + log s per (b, c);  h = sum_t H_t,
  *   dV_t = e^(k_t - L) h,  dK_t = e^(k_t - L) h (V_t - a).
  */
@@ -100,9 +102,9 @@ static void simple_backward(const float *q, const float *k, const float *v, cons
 
 /* ---- causal ---------------------------------------------------------------------- */
 
-/* A, L, y [B,T,D] */
+/* A, alpha, y [B,T,D] */
 static void simple_causal_forward(const float *q, const float *k, const float *v, int64_t B,
-                                  int64_t T, int64_t D, float *A, float *L, float *y)
+                                  int64_t T, int64_t D, float *A, float *alpha, float *y)
 {
     int64_t nch = (D + COLS - 1) / COLS;
 #pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
@@ -123,9 +125,10 @@ static void simple_causal_forward(const float *q, const float *k, const float *v
                     m[c] = up ? kt : m[c];
                     n[c] = n[c] * decay + e * v[o + c];
                     s[c] = s[c] * decay + e;
-                    float at = (float)(n[c] / s[c]);
+                    float inv = 1.0f / (float)s[c]; /* the sums in double, the ratios in float */
+                    float at = (float)n[c] * inv;
                     A[o + c] = at;
-                    L[o + c] = m[c] + aft_log((float)s[c]);
+                    alpha[o + c] = (float)e * inv;
                     y[o + c] = aft_sigmoid(q[o + c]) * at;
                 }
             }
@@ -133,8 +136,9 @@ static void simple_causal_forward(const float *q, const float *k, const float *v
 }
 
 static void simple_causal_backward(const float *q, const float *k, const float *v,
-                                   const float *A, const float *L, const float *G, int64_t B,
-                                   int64_t T, int64_t D, float *dq, float *dk, float *dv)
+                                   const float *A, const float *alpha, const float *G,
+                                   int64_t B, int64_t T, int64_t D, float *dq, float *dk,
+                                   float *dv)
 {
     int64_t nch = (D + COLS - 1) / COLS;
 #pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
@@ -142,22 +146,20 @@ static void simple_causal_backward(const float *q, const float *k, const float *
         for (int64_t ch = 0; ch < nch; ch++) {
             int64_t c0 = ch * COLS, nc = D - c0 < COLS ? D - c0 : COLS;
             double r1[COLS] = {0}, r2[COLS] = {0};
-            float Lnext[COLS] = {0};
+            float keep[COLS]; /* 1 - alpha_{t+1}; 0 past the end */
+            for (int64_t c = 0; c < nc; c++) keep[c] = 0.0f;
             for (int64_t t = T - 1; t >= 0; t--) {
                 int64_t o = (b * T + t) * D + c0;
-                bool last = t == T - 1;
 #pragma omp simd
                 for (int64_t c = 0; c < nc; c++) {
-                    float sg = aft_sigmoid(q[o + c]), at = A[o + c], Lt = L[o + c];
+                    float sg = aft_sigmoid(q[o + c]), at = A[o + c], al = alpha[o + c];
                     float h = G[o + c] * sg;
                     if (dq) dq[o + c] = G[o + c] * at * sg * (1.0f - sg);
-                    double f = last ? 0.0f : aft_exp(Lt - Lnext[c]);
-                    r1[c] = h + f * r1[c];
-                    r2[c] = (double)h * at + f * r2[c];
-                    Lnext[c] = Lt;
-                    float alpha = aft_exp(k[o + c] - Lt);
-                    if (dv) dv[o + c] = (float)(alpha * r1[c]);
-                    if (dk) dk[o + c] = (float)(alpha * (v[o + c] * r1[c] - r2[c]));
+                    r1[c] = h + keep[c] * r1[c];
+                    r2[c] = (double)h * at + keep[c] * r2[c];
+                    keep[c] = 1.0f - al;
+                    if (dv) dv[o + c] = (float)(al * r1[c]);
+                    if (dk) dk[o + c] = (float)(al * (v[o + c] * r1[c] - r2[c]));
                 }
             }
         }
@@ -165,8 +167,8 @@ static void simple_causal_backward(const float *q, const float *k, const float *
 
 /* ---- op ------------------------------------------------------------------------------ */
 
-/* saved: 0 q, 1 k, 2 v (contiguous), 3 A ([B,D] non-causal, else [B,T,D]), 4 L (same).
- * iargs: 0 causal. */
+/* saved: 0 q, 1 k, 2 v (contiguous), 3 A ([B,1,D] non-causal, else [B,T,D]), 4 L [B,1,D]
+ * non-causal, alpha [B,T,D] causal. iargs: 0 causal. */
 static xt_status aft_simple_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinputs)
 {
     xt_tensor *s[5];

@@ -33,7 +33,13 @@
  *    enough units to keep the threads busy;
  *  - otherwise two passes: key tiles in parallel for dK and dV, then query tiles in parallel
  *    for dQ (7 GEMMs per tile pair, but every thread has work even for a single unit).
+ *
+ * Block-sparse patterns (attn_patterns.h, § 2.2–2.4) run the same kernel driven by a block
+ * list: each query tile visits only its listed key tiles (the backward's key-tile pass the
+ * transposed list), and PARTIAL tiles mask their scores with the pattern's element rule.
+ * Dense attention is the case without a list: every key tile up to the causal edge.
  */
+#include "attn_patterns.h"
 #include "internal.h"
 
 #include <math.h>
@@ -90,6 +96,10 @@ typedef struct sdpa_geom {
     float keep_scale;     /* 1 / (1 - p) */
     uint64_t threshold;   /* p * 2^32: a random lane below it drops its weight */
     uint64_t seed, rng_offset;
+    /* a block-sparse pattern (S == T, causal 0: the pattern masks), or NULL for dense */
+    const attn_pattern *pat;
+    const attn_blocks *blocks;
+    const char *op;       /* the op's name, for messages */
 } sdpa_geom;
 
 /* One input read in place: unit n's [rows, width] matrix starts at data + off[n], rows ld
@@ -130,10 +140,16 @@ static inline int64_t first_query_seeing(const sdpa_geom *g, int64_t j)
 /* Scores of the tile (rows i0.., br of them; keys j0.., bc of them) into s [br, SDPA_BC]:
  * s = scale * Q_I K_J^T, with -inf where causality hides the key. */
 static void score_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, int64_t br,
-                       int64_t j0, int64_t bc, float *s)
+                       int64_t j0, int64_t bc, int kind, float *s)
 {
     xt_sgemm(false, true, br, bc, g->d, g->scale, u->q + i0 * u->ldq, u->ldq,
              u->k + j0 * u->ldk, u->ldk, 0.0f, s, SDPA_BC);
+    if (kind == ATTN_TILE_PARTIAL) {  /* a pattern's edge tile: its element rule decides */
+        for (int64_t r = 0; r < br; r++)
+            for (int64_t c = 0; c < bc; c++)
+                if (!attn_allowed(g->pat, i0 + r, j0 + c)) s[r * SDPA_BC + c] = -INFINITY;
+        return;
+    }
     if (!g->causal || j0 + bc - 1 <= i0 + g->offset) return;  /* the whole tile is visible */
     for (int64_t r = 0; r < br; r++) {
         int64_t first_hidden = i0 + r + g->offset + 1 - j0;  /* column of the first key hidden */
@@ -174,10 +190,21 @@ static void forward_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, flo
         m[r] = -INFINITY;
         l[r] = 0.0f;
     }
-    int64_t key_end = keys_visible(g, i0 + br - 1);
-    for (int64_t j0 = 0; j0 < key_end; j0 += SDPA_BC) {
+    int64_t key_end = keys_visible(g, i0 + br - 1), listed = 0, first_entry = 0;
+    if (g->blocks) {  /* the query tile's listed key tiles, else all up to the causal edge */
+        first_entry = g->blocks->row_ptr[i0 / SDPA_BR];
+        listed = g->blocks->row_ptr[i0 / SDPA_BR + 1] - first_entry;
+    }
+    int64_t steps = g->blocks ? listed : (key_end + SDPA_BC - 1) / SDPA_BC;
+    for (int64_t step = 0; step < steps; step++) {
+        int64_t j0 = step * SDPA_BC, kind = ATTN_TILE_FULL;
+        if (g->blocks) {
+            j0 = g->blocks->col[first_entry + step] * SDPA_BC;
+            kind = g->blocks->row_kind[first_entry + step];
+        }
         int64_t bc = min64(SDPA_BC, key_end - j0);
-        score_tile(g, u, i0, br, j0, bc, s);
+        bool first = step == 0;
+        score_tile(g, u, i0, br, j0, bc, (int)kind, s);
         for (int64_t r = 0; r < br; r++) {
             float *sr = s + r * SDPA_BC, *ar = acc + r * dv;
             float row_max = -INFINITY;
@@ -198,7 +225,7 @@ static void forward_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, flo
 #pragma omp simd
                 for (int64_t c = 0; c < bc; c++) sr[c] *= z[c];
             }
-            if (j0 == 0) {
+            if (first) {
                 l[r] = sum;
             } else {
                 float alpha = exp_approx(m[r] - shift);  /* rescales what came before */
@@ -211,11 +238,16 @@ static void forward_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, flo
             m[r] = m_new;
         }
         xt_sgemm(false, false, br, dv, bc, 1.0f, s, SDPA_BC, u->v + j0 * u->ldv, u->ldv,
-                 j0 == 0 ? 0.0f : 1.0f, acc, dv);
+                 first ? 0.0f : 1.0f, acc, dv);
     }
     for (int64_t r = 0; r < br; r++) {
         float *o = u->out + (i0 + r) * dv;
         const float *ar = acc + r * dv;
+        if (steps == 0) {  /* a pattern listed no key tile: acc was never written */
+            memset(o, 0, sizeof(float) * (size_t)dv);
+            u->lse[i0 + r] = -INFINITY;
+            continue;
+        }
         float inv = l[r] > 0 ? g->keep_scale / l[r] : 0.0f;
 #pragma omp simd
         for (int64_t c = 0; c < dv; c++) o[c] = ar[c] * inv;
@@ -239,7 +271,7 @@ static xt_status forward(const sdpa_geom *g, const sdpa_input *q, const sdpa_inp
     int nt = omp_get_max_threads();
     size_t per_thread = fwd_scratch_floats(g);
     float *scratch = malloc(sizeof(float) * per_thread * (size_t)nt);
-    if (!scratch) return xt_fail(XT_ERR_OOM, "scaled_dot_product_attention: out of memory");
+    if (!scratch) return xt_fail(XT_ERR_OOM, "%s: out of memory", g->op);
     /* Causal tiles further down have more keys: hand tasks out one at a time. */
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && g->T * g->S * g->d > XT_PARALLEL_GRAIN)
     for (int64_t task = 0; task < tasks; task++) {
@@ -264,13 +296,13 @@ enum { BWD_SCRATCH_FLOATS = 2 * SDPA_BR * SDPA_BC + SDPA_BC };
  * the same as the forward's (keys past the tile's last visible one are cut off), so that
  * either schedule forms exactly the same GEMMs. */
 static void backward_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, int64_t j0,
-                          float *scratch)
+                          int kind, float *scratch)
 {
     float *p = scratch, *ds = scratch + SDPA_BR * SDPA_BC, *z = ds + SDPA_BR * SDPA_BC;
     const int64_t d = g->d, dv = g->dv;
     int64_t br = min64(SDPA_BR, g->T - i0);
     int64_t bc = min64(SDPA_BC, keys_visible(g, i0 + br - 1) - j0);
-    score_tile(g, u, i0, br, j0, bc, p);
+    score_tile(g, u, i0, br, j0, bc, kind, p);
     for (int64_t r = 0; r < br; r++) {
         float *pr = p + r * SDPA_BC;
         float L = u->lse[i0 + r];
@@ -314,16 +346,30 @@ static void backward_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, in
 /* All query tiles against key tile j0 (pass A, or one column of the one-pass schedule). */
 static void backward_key_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t j0, float *scratch)
 {
+    if (g->blocks) {
+        const attn_blocks *b = g->blocks;
+        for (int64_t e = b->col_ptr[j0 / SDPA_BC]; e < b->col_ptr[j0 / SDPA_BC + 1]; e++)
+            backward_tile(g, u, b->row[e] * SDPA_BR, j0, b->col_kind[e], scratch);
+        return;
+    }
     int64_t first = first_query_seeing(g, j0) / SDPA_BR * SDPA_BR;
-    for (int64_t i0 = first; i0 < g->T; i0 += SDPA_BR) backward_tile(g, u, i0, j0, scratch);
+    for (int64_t i0 = first; i0 < g->T; i0 += SDPA_BR)
+        backward_tile(g, u, i0, j0, ATTN_TILE_FULL, scratch);
 }
 
 /* All key tiles against query tile i0 (pass B). */
 static void backward_query_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0,
                                 float *scratch)
 {
+    if (g->blocks) {
+        const attn_blocks *b = g->blocks;
+        for (int64_t e = b->row_ptr[i0 / SDPA_BR]; e < b->row_ptr[i0 / SDPA_BR + 1]; e++)
+            backward_tile(g, u, i0, b->col[e] * SDPA_BC, b->row_kind[e], scratch);
+        return;
+    }
     int64_t key_end = keys_visible(g, min64(i0 + SDPA_BR, g->T) - 1);
-    for (int64_t j0 = 0; j0 < key_end; j0 += SDPA_BC) backward_tile(g, u, i0, j0, scratch);
+    for (int64_t j0 = 0; j0 < key_end; j0 += SDPA_BC)
+        backward_tile(g, u, i0, j0, ATTN_TILE_FULL, scratch);
 }
 
 /* D [units,T] = rowsum(dout * out). */
@@ -369,7 +415,7 @@ static xt_status backward(const sdpa_geom *g, const sdpa_input *q, const sdpa_in
     if (!D || !scratch) {
         free(D);
         free(scratch);
-        return xt_fail(XT_ERR_OOM, "scaled_dot_product_attention: out of memory in backward");
+        return xt_fail(XT_ERR_OOM, "%s: out of memory in backward", g->op);
     }
     row_dots(g, gr->dout, gr->out, D);
     bool parallel = g->T * g->S * g->d > XT_PARALLEL_GRAIN;
@@ -456,14 +502,14 @@ static bool input_of(const xt_tensor *t, int64_t units, sdpa_input *in)
 }
 
 /* The three inputs as operands; false (error set) on OOM, with nothing left allocated. */
-static bool inputs_of(const xt_tensor *q, const xt_tensor *k, const xt_tensor *v, int64_t units,
-                      sdpa_input in[3])
+static bool inputs_of(const char *op, const xt_tensor *q, const xt_tensor *k,
+                      const xt_tensor *v, int64_t units, sdpa_input in[3])
 {
     memset(in, 0, 3 * sizeof *in);
     if (input_of(q, units, &in[0]) && input_of(k, units, &in[1]) && input_of(v, units, &in[2]))
         return true;
     for (int i = 0; i < 3; i++) free(in[i].off);
-    xt_fail(XT_ERR_OOM, "scaled_dot_product_attention: out of memory");
+    xt_fail(XT_ERR_OOM, "%s: out of memory", op);
     return false;
 }
 
@@ -474,25 +520,27 @@ static void free_inputs(sdpa_input in[3])
 
 /* ==== the op ============================================================================= */
 
-static sdpa_geom geometry(const xt_tensor *q, const xt_tensor *k, const xt_tensor *v)
+static sdpa_geom geometry(const char *op, const xt_tensor *q, const xt_tensor *k,
+                          const xt_tensor *v)
 {
     int32_t nd = q->ndim;
     sdpa_geom g = {.units = xt_shape_numel(nd - 2, q->shape), .T = q->shape[nd - 2],
                    .S = k->shape[nd - 2], .d = q->shape[nd - 1], .dv = v->shape[nd - 1],
-                   .keep_scale = 1.0f};
+                   .keep_scale = 1.0f, .op = op};
     g.offset = g.S - g.T;
     return g;
 }
 
 /* saved: 0 q, 1 k, 2 v (readable in place), 3 out, 4 lse.
- * iargs: 0 causal, 1 dropout, 2 seed, 3 rng offset. fargs: 0 scale, 1 p. */
+ * iargs: 0 causal, 1 dropout, 2 seed, 3 rng offset. fargs: 0 scale, 1 p.
+ * extra: the attn_pattern of a block-sparse op (its block list is rebuilt here). */
 static xt_status sdpa_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinputs)
 {
     xt_tensor *q = xt_node_saved(node, 0), *k = xt_node_saved(node, 1);
     xt_tensor *v = xt_node_saved(node, 2), *out = xt_node_saved(node, 3);
     xt_tensor *lse = xt_node_saved(node, 4);
     if (!q || !k || !v || !out || !lse) return xt_last_status();
-    sdpa_geom g = geometry(q, k, v);
+    sdpa_geom g = geometry(node->name, q, k, v);
     g.causal = (int)node->iargs[0];
     g.scale = (float)node->fargs[0];
     if (node->iargs[1]) {
@@ -502,6 +550,13 @@ static xt_status sdpa_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinpu
         g.threshold = (uint64_t)(p * 4294967296.0);
         g.seed = (uint64_t)node->iargs[2];
         g.rng_offset = (uint64_t)node->iargs[3];
+    }
+    attn_blocks *blocks = NULL;
+    if (node->extra) {
+        g.pat = node->extra;
+        blocks = attn_blocks_build(g.pat, SDPA_BR, SDPA_BC);
+        if (!blocks) return xt_last_status();
+        g.blocks = blocks;
     }
     bool need_q = xt_node_needs(node, 0), need_k = xt_node_needs(node, 1),
          need_v = xt_node_needs(node, 2);
@@ -514,7 +569,7 @@ static xt_status sdpa_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinpu
     if (!dy || (need_q && !dq) || (need_k && !dk) || (need_v && !dv)) {
         st = xt_last_status();
     } else if (g.units > 0 && g.T > 0) {
-        if (!inputs_of(q, k, v, g.units, in)) {
+        if (!inputs_of(g.op, q, k, v, g.units, in)) {
             st = xt_last_status();
         } else {
             sdpa_grads gr = {out->data, dy->data, lse->data, dq ? dq->data : NULL,
@@ -524,6 +579,7 @@ static xt_status sdpa_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinpu
         }
     }
     xt_tensor_release(dy);
+    attn_blocks_free(blocks);
     if (st != XT_OK) {
         xt_tensor_release(dq);
         xt_tensor_release(dk);
@@ -536,10 +592,10 @@ static xt_status sdpa_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinpu
     return XT_OK;
 }
 
-static xt_status check_args(const xt_tensor *q, const xt_tensor *k, const xt_tensor *v,
-                            int32_t causal, double scale, double p, const xt_rng *rng)
+static xt_status check_args(const char *op, const xt_tensor *q, const xt_tensor *k,
+                            const xt_tensor *v, int32_t causal, double scale, double p,
+                            const xt_rng *rng)
 {
-    const char *op = "scaled_dot_product_attention";
     const xt_tensor *ts[3] = {q, k, v};
     const char *names[3] = {"q", "k", "v"};
     for (int i = 0; i < 3; i++) {
@@ -591,12 +647,36 @@ static xt_status check_args(const xt_tensor *q, const xt_tensor *k, const xt_ten
     return XT_OK;
 }
 
-xt_tensor *xt_scaled_dot_product_attention_dropout(xt_tensor *q, xt_tensor *k, xt_tensor *v,
-                                                   int32_t causal, double scale, double p,
-                                                   xt_rng *rng)
+/* The op: dense (pattern NULL; causal, dropout as given) or block-sparse (pattern owned,
+ * moved into the node or freed; causal and p are 0 then, the pattern masks). */
+static xt_tensor *attention(const char *op, xt_tensor *q, xt_tensor *k, xt_tensor *v,
+                            int32_t causal, double scale, double p, xt_rng *rng,
+                            attn_pattern *pattern)
 {
-    if (check_args(q, k, v, causal, scale, p, rng) != XT_OK) return NULL;
-    sdpa_geom g = geometry(q, k, v);
+    if (check_args(op, q, k, v, causal, scale, p, rng) != XT_OK) {
+        attn_pattern_free(pattern);
+        return NULL;
+    }
+    sdpa_geom g = geometry(op, q, k, v);
+    if (pattern && (g.S != g.T || pattern->T != g.T)) {
+        char a[XT_SHAPE_STR], b[XT_SHAPE_STR];
+        xt_shape_str(a, q->ndim, q->shape);
+        xt_shape_str(b, k->ndim, k->shape);
+        xt_fail(XT_ERR_SHAPE, "%s: self-attention needs as many keys as queries (S == T), got "
+                "q %s and k %s", op, a, b);
+        attn_pattern_free(pattern);
+        return NULL;
+    }
+    attn_blocks *blocks = NULL;
+    if (pattern) {
+        blocks = attn_blocks_build(pattern, SDPA_BR, SDPA_BC);
+        if (!blocks) {
+            attn_pattern_free(pattern);
+            return NULL;
+        }
+        g.pat = pattern;
+        g.blocks = blocks;
+    }
     g.causal = causal != 0;
     if (scale <= 0) scale = 1.0 / sqrt((double)g.d);
     g.scale = (float)scale;
@@ -620,15 +700,16 @@ xt_tensor *xt_scaled_dot_product_attention_dropout(xt_tensor *q, xt_tensor *k, x
     bool ok = qr && kr && vr && out && lse;
     if (ok && g.units > 0 && g.T > 0) {
         sdpa_input in[3];
-        ok = inputs_of(qr, kr, vr, g.units, in);
+        ok = inputs_of(op, qr, kr, vr, g.units, in);
         if (ok) {
             ok = forward(&g, &in[0], &in[1], &in[2], out->data, lse->data) == XT_OK;
             free_inputs(in);
         }
     }
+    attn_blocks_free(blocks);
     xt_tensor *inputs[3] = {q, k, v};
     if (ok && xt_needs_grad(3, inputs)) {
-        xt_node *node = xt_node_new("scaled_dot_product_attention", sdpa_backward, 3, inputs);
+        xt_node *node = xt_node_new(op, sdpa_backward, 3, inputs);
         ok = node && !xt_node_save(node, qr) && !xt_node_save(node, kr) &&
              !xt_node_save(node, vr) && !xt_node_save(node, out) && !xt_node_save(node, lse);
         if (ok) {
@@ -638,14 +719,31 @@ xt_tensor *xt_scaled_dot_product_attention_dropout(xt_tensor *q, xt_tensor *k, x
             node->iargs[3] = (int64_t)g.rng_offset;
             node->fargs[0] = g.scale;
             node->fargs[1] = p;
+            node->extra = pattern;  /* the node owns the pattern from here */
+            node->free_extra = pattern ? attn_pattern_free : NULL;
+            pattern = NULL;
             xt_node_attach(node, out);
         } else {
             xt_node_release(node);
         }
     }
+    attn_pattern_free(pattern);
     if (ok) tmp[3] = NULL;  /* out is returned */
     for (int i = 0; i < 5; i++) xt_tensor_release(tmp[i]);
     return ok ? out : NULL;
+}
+
+xt_tensor *xt_scaled_dot_product_attention_dropout(xt_tensor *q, xt_tensor *k, xt_tensor *v,
+                                                   int32_t causal, double scale, double p,
+                                                   xt_rng *rng)
+{
+    return attention("scaled_dot_product_attention", q, k, v, causal, scale, p, rng, NULL);
+}
+
+xt_tensor *xt_attention_pattern(const char *op, xt_tensor *q, xt_tensor *k, xt_tensor *v,
+                                double scale, attn_pattern *pattern)
+{
+    return attention(op, q, k, v, 0, scale, 0.0, NULL, pattern);
 }
 
 xt_tensor *xt_scaled_dot_product_attention(xt_tensor *q, xt_tensor *k, xt_tensor *v,

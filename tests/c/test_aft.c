@@ -333,6 +333,7 @@ static void test_bias_gradcheck(void)
 static const conv_case conv_cases[] = {
     {2, 4, 2, 3, 4, 3, 3}, {1, 3, 3, 4, 3, 1, 3}, {2, 2, 1, 3, 3, 5, 5},
     {1, 4, 4, 2, 5, 3, 1}, {1, 2, 2, 5, 5, 9, 3}, {2, 6, 3, 4, 4, 1, 1},
+    {2, 8, 2, 5, 7, 3, 5}, /* rows of W C/heads = 28 floats: a register block and a tail */
 };
 
 static void test_conv_against_composition(void)

@@ -4,6 +4,7 @@
 #   tests/fuzz/run.sh [seconds per harness, default 60] [harness ...]
 #   e.g. tests/fuzz/run.sh 10            (what CI runs)
 #        tests/fuzz/run.sh 600 image     (one harness, longer)
+#        XT_FUZZ_RUNS=1000000 tests/fuzz/run.sh 0 idx   (a million inputs, however long)
 #
 # The corpus of each harness grows in build-fuzz/corpus/<name> (seeded from
 # tests/fuzz/seeds/<name>), so later runs start where earlier ones stopped. A crash
@@ -33,7 +34,7 @@ for h in $HARNESSES; do
     cp -n "$ROOT/tests/fuzz/seeds/$h/"* "$corpus/" 2>/dev/null || true
     log="$BUILD/fuzz_$h.log"
     # -rss_limit_mb: headroom for the largest image a header may declare (256 MiB as RGBA)
-    if "$BUILD/tests/fuzz/fuzz_$h" "$corpus" -max_total_time="$SECONDS_EACH" \
+    if "$BUILD/tests/fuzz/fuzz_$h" "$corpus" -max_total_time="$SECONDS_EACH" ${XT_FUZZ_RUNS:+-runs=$XT_FUZZ_RUNS} \
         -print_final_stats=1 -rss_limit_mb=3072 -timeout=20 \
         -artifact_prefix="$BUILD/crashes/${h}-" >"$log" 2>&1; then
         result=ok
@@ -42,6 +43,7 @@ for h in $HARNESSES; do
         status=1
     fi
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    echo "fuzz_$h: ${runs:-?} executions in ${SECONDS_EACH}s, corpus $(ls "$corpus" | wc -l) files: $result"
+    took=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    echo "fuzz_$h: ${runs:-?} executions (${took:-?}/s), corpus $(ls "$corpus" | wc -l) files: $result"
 done
 exit $status

@@ -115,6 +115,9 @@ covered.aft_full, covered.aft_simple, covered.aft_local, covered.aft_conv = true
 covered.group_linear, covered.group_linear_ex = true, true
 -- linear attention and the FAVOR+ features: test_attn_linear.c (dense reference, gradchecks)
 covered.linear_attention, covered.favor_features = true, true
+-- block-sparse attention: test_attn_patterns.c (dense masked reference for values and all
+-- gradients, gradchecks of every pattern, causality) and sparse_attention_spec
+covered.local_attention, covered.sparse_attention, covered.global_local_attention = true, true, true
 
 local function load_inputs(name)
     local inputs, i = {}, 1

@@ -49,12 +49,27 @@ register('linformer', {class = 'Linformer', causal = false,
 -- rows then columns of an image: a sequence of image_size[1] * image_size[2] positions
 register('axial', {class = 'AxialAttention', causal = false, options = {'dim', 'heads', 'image_size', 'bias'}})
 
--- Extension point: the block-sparse attentions on the tiled softmax kernel (core/ops/sdpa.c,
--- issue 8, the other half of the library). Each replaces its entry here with
--- register('local', {class = 'LocalAttention', options = {...}}) and so on.
-for _, name in ipairs{'local', 'sparse_strided', 'sparse_fixed', 'longformer', 'bigbird'} do
-    register(name, {planned = 'block-sparse attention on the tiled softmax kernel; not built yet'})
+-- block-sparse attention on the tiled softmax kernel (xt.nn.sparse_attention)
+register('local', {class = 'LocalAttention', options = {'dim', 'heads', 'window', 'causal', 'bias'}})
+local function sparse(pattern)
+    return {options = {'dim', 'heads', 'stride', 'summary', 'causal', 'bias'}, build = function(o)
+        o.pattern = pattern
+        return nn().SparseAttention(o)
+    end}
 end
+register('sparse_strided', sparse('strided'))
+register('sparse_fixed', sparse('fixed'))
+register('longformer', {options = {'dim', 'heads', 'window', 'global', 'causal', 'bias'}, build = function(o)
+    o.global = o.global or {1}
+    o.global_projections = true
+    return nn().GlobalLocalAttention(o)
+end})
+register('bigbird', {options = {'dim', 'heads', 'window', 'global', 'random_blocks', 'block', 'causal', 'bias'},
+                     build = function(o)
+    o.global = o.global or {1}
+    o.random_blocks, o.block = o.random_blocks or 3, o.block or 64
+    return nn().GlobalLocalAttention(o)
+end})
 
 -- Option names some attention understands (typos are caught against this).
 local function known_options()
@@ -88,8 +103,9 @@ function M.attention_by_name(name, opts)
     if not spec then
         local known = sorted_names(function(s) return not s.planned end)
         local planned = sorted_names(function(s) return s.planned ~= nil end)
-        error(string.format("%s: unknown attention '%s' (known: %s; planned: %s)", op, tostring(name),
-                            table.concat(known, ', '), table.concat(planned, ', ')), 2)
+        local later = #planned > 0 and ('; planned: ' .. table.concat(planned, ', ')) or ''
+        error(string.format("%s: unknown attention '%s' (known: %s%s)", op, tostring(name),
+                            table.concat(known, ', '), later), 2)
     end
     if spec.planned then
         error(string.format("%s: attention '%s' is planned (%s)", op, name, spec.planned), 2)

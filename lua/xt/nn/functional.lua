@@ -146,5 +146,6 @@ for name, fn in pairs(require('xt.nn.attention').functional) do F[name] = fn end
 for name, fn in pairs(require('xt.nn.aft').functional) do F[name] = fn end
 for name, fn in pairs(require('xt.nn.delight').functional) do F[name] = fn end
 for name, fn in pairs(require('xt.nn.efficient_attention').functional) do F[name] = fn end
+for name, fn in pairs(require('xt.nn.sparse_attention').functional) do F[name] = fn end
 
 return F

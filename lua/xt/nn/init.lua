@@ -14,6 +14,7 @@ for name, cls in pairs(layers) do nn[name] = cls end
 for name, cls in pairs(require('xt.nn.attention').modules) do nn[name] = cls end
 for name, cls in pairs(require('xt.nn.aft').modules) do nn[name] = cls end
 for _, m in ipairs{'xt.nn.efficient_attention', 'xt.nn.attention_registry'} do for name, v in pairs(require(m).modules) do nn[name] = v end end
+for name, cls in pairs(require('xt.nn.sparse_attention').modules) do nn[name] = cls end
 
 -- Modules that later issues add (attention, DeLighT) register here when loaded.
 setmetatable(nn, {__index = function(t, k)

@@ -18,7 +18,8 @@ function utils.clip_grad_norm(params, max_norm)
     local arr = ffi.new('xt_tensor*[?]', #grads)
     for i, g in ipairs(grads) do arr[i - 1] = g._c end
     local sq = C.xt_sum_of_squares(#grads, arr)
-    if sq ~= sq then xt._raise(ffi.string(C.xt_last_error())) end
+    -- NaN is also what NaN gradients sum to: only a failure status is an error
+    if C.xt_last_status() ~= 0 then xt._raise(ffi.string(C.xt_last_error())) end
     local norm = math.sqrt(sq)
     local scale = max_norm / (norm + 1e-6)
     if scale < 1 then
