@@ -1,12 +1,20 @@
 """delight_torch.py: the PyTorch side of bench/delight.lua.
 
+    /usr/bin/python3 bench/delight_torch.py THREADS CALLS CASE[,CASE...]
+
+prints {case: [seconds per call, ...]} as JSON, timed as bench/delight.lua times xt: 3
+warm-up calls, then CALLS calls of forward + backward, each timed on its own.
+
 A DeLighT encoder block as the official code computes it (research/delight.md: GroupLinear
 as split + transpose + torch.bmm + bias + permute for the shuffle + LayerNorm over the co
 chunks + swish, the input mixer as view + cat, a single attention head with an explicit
 q k^T softmax (the official SingleHeadAttention), the light FFN, post-norm), built from
 PyTorch's own modules (nn.Linear, nn.LayerNorm, nn.SiLU), batch first [B, T, d_m].
 """
+import json
 import math
+import sys
+import time
 
 import numpy as np
 import torch
@@ -107,3 +115,57 @@ class DeLighTBlock(nn.Module):
         p = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1)
         x = self.attn_norm(x + self.out_proj(torch.bmm(p, v)))
         return self.ffn_norm(x + self.fc2(self.act(self.fc1(x))))
+
+
+def make_step(case):
+    """forward + backward of one case, as bench/delight.lua builds it"""
+    B, T, D = 16, 256, 256
+    if case == "block":
+        m = DeLighTBlock(D, 4, 2.0, 8)
+        x, dout = torch.randn(B, T, D, requires_grad=True), torch.randn(B, T, D)
+    elif case == "dextra":
+        m = DExTra(D, D // 2, 4, 2.0, 8)
+        x, dout = torch.randn(B, T, D, requires_grad=True), torch.randn(B, T, D // 2)
+    elif case == "glt":
+        N, G = B * T, 4
+        layer = GLT(640, 512, G)
+        z = torch.randn(N, 512, requires_grad=True)
+        xp = torch.randn(N, 128, requires_grad=True)
+        dout = torch.randn(N, 512)
+
+        def step():
+            layer.zero_grad(set_to_none=True)
+            z.grad = xp.grad = None
+            u = torch.cat([xp.view(N, G, -1), z.view(N, G, -1)], -1).view(N, -1)
+            layer(u).backward(dout)
+        return step
+    else:
+        raise ValueError(case)
+
+    def step():
+        m.zero_grad(set_to_none=True)
+        x.grad = None
+        m(x).backward(dout)
+    return step
+
+
+def main():
+    threads, calls, cases = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    out = {}
+    for case in cases:
+        step = make_step(case)
+        for _ in range(3):
+            step()
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        out[case] = times
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -406,7 +406,9 @@ static xt_status backward_compute(const glt_plan *pl, const float *A, const floa
     const float *dA = dA_buf ? dA_buf : dy;
     fmat mdA = {(float *)dA, d->n, O, O, 1};
     int64_t rows = tile_rows(pl, par), tiles = (d->n + rows - 1) / rows;
-    int64_t cb = (co + nt - 1) / nt;
+    /* phase 2 items: whole groups when they share out evenly among the threads, else
+     * column blocks of every group */
+    int64_t cb = d->g % nt == 0 ? co : (co + nt - 1) / nt;
     if (cb < COL_MIN) cb = COL_MIN;
     int64_t col_blocks = (co + cb - 1) / cb;
 #pragma omp parallel num_threads(nt) if (par)
