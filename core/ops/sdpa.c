@@ -40,6 +40,7 @@
  * Dense attention is the case without a list: every key tile up to the causal edge.
  */
 #include "attn_patterns.h"
+#include "fast_exp.h"
 #include "internal.h"
 
 #include <math.h>
@@ -51,34 +52,8 @@
  * SDPA_BC is a multiple of 4, so a tile row starts a new group of the dropout stream. */
 enum { SDPA_BR = 64, SDPA_BC = 64 };
 
-/* ---- a vectorisable exp -------------------------------------------------------------
- * libm's expf is not vectorised without -ffast-math, and the softmax calls exp once per
- * score, so a scalar call would cost as much as the GEMMs. x = n ln2 + r with |r| <= ln2/2;
- * e^r from its Taylor series to degree 7 (truncation < 1e-8 relative); 2^n from the exponent
- * bits. Valid for x <= 88.3; x < -87.3 (and -inf) gives 0, which is what masked or
- * underflowing scores need; NaN stays NaN. */
-static inline float exp_approx(float x)
-{
-    const float log2e = 1.44269504f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-    float xc = x > -87.3f ? x : -87.3f;  /* NaN goes to -87.3 here, and back to NaN below */
-    xc = xc < 88.3f ? xc : 88.3f;
-    float n = floorf(xc * log2e + 0.5f);
-    float r = fmaf(n, -ln2_lo, fmaf(n, -ln2_hi, xc));
-    float p = 1.0f / 5040;
-    p = fmaf(p, r, 1.0f / 720);
-    p = fmaf(p, r, 1.0f / 120);
-    p = fmaf(p, r, 1.0f / 24);
-    p = fmaf(p, r, 1.0f / 6);
-    p = fmaf(p, r, 0.5f);
-    p = fmaf(p, r, 1.0f);
-    p = fmaf(p, r, 1.0f);
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    float y = p * two_n;
-    y = x < -87.3f ? 0.0f : y;
-    return x != x ? x : y;
-}
+/* The softmax takes one exp per score: a scalar libm call would cost as much as the GEMMs,
+ * so it uses the vectorisable xt_fast_expf (fast_exp.h). */
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -216,7 +191,7 @@ static void forward_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, flo
             float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
             for (int64_t c = 0; c < bc; c++) {
-                float p = exp_approx(sr[c] - shift);
+                float p = xt_fast_expf(sr[c] - shift);
                 sr[c] = p;
                 sum += p;
             }
@@ -228,7 +203,7 @@ static void forward_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, flo
             if (first) {
                 l[r] = sum;
             } else {
-                float alpha = exp_approx(m[r] - shift);  /* rescales what came before */
+                float alpha = xt_fast_expf(m[r] - shift);  /* rescales what came before */
                 l[r] = alpha * l[r] + sum;
                 if (alpha != 1.0f) {
 #pragma omp simd
@@ -308,7 +283,7 @@ static void backward_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, in
         float L = u->lse[i0 + r];
         float shift = L == -INFINITY ? INFINITY : L;  /* a row that saw no key has P = 0 */
 #pragma omp simd
-        for (int64_t c = 0; c < bc; c++) pr[c] = exp_approx(pr[c] - shift);
+        for (int64_t c = 0; c < bc; c++) pr[c] = xt_fast_expf(pr[c] - shift);
     }
     const float *dO = u->dout + i0 * dv;
     bool need_ds = u->dq || u->dk;
