@@ -26,6 +26,18 @@ describe('Module', function()
     end
     function Net:forward(x) return self.fc2(self.act(self.fc1(x))) * self.scale end
 
+    it('param_groups puts matrices under weight decay and 1-D parameters outside it', function()
+        local net = Net()
+        local groups = net:param_groups(0.05)
+        assert.are.equal(2, #groups)
+        assert.are.equal(0.05, groups[1].weight_decay)
+        assert.are.equal(0, groups[2].weight_decay)
+        assert.are.equal(2, #groups[1].params)          -- fc1.weight, fc2.weight
+        assert.are.equal(2, #groups[2].params)          -- fc1.bias, scale
+        assert.is_true(rawequal(net.fc1.weight, groups[1].params[1]))
+        assert.is_true(rawequal(net.scale, groups[2].params[2]))
+    end)
+
     it('finds parameters and buffers in field order with dotted names', function()
         local net = Net()
         local names = {}

@@ -58,14 +58,6 @@ function Net:forward(x)
     return self.head(self.pool(x):flatten(2))
 end
 
--- Two AdamW groups: weights with weight decay; biases, norms and 1-D parameters without.
-function Net:param_groups(weight_decay)
-    local decay, no_decay = {}, {}
-    for _, p in ipairs(self:parameters()) do
-        if p:dim() <= 1 then no_decay[#no_decay + 1] = p else decay[#decay + 1] = p end
-    end
-    return {{params = decay, weight_decay = weight_decay}, {params = no_decay, weight_decay = 0}}
-end
 
 Net.Block = Block
 return Net

@@ -44,12 +44,5 @@ end
 function ResNet:forward(x)
     return self.head(self.pool(self.stages(self.stem(x))):flatten(2))
 end
-function ResNet:param_groups(weight_decay)
-    local decay, no_decay = {}, {}
-    for _, p in ipairs(self:parameters()) do
-        if p:dim() <= 1 then no_decay[#no_decay + 1] = p else decay[#decay + 1] = p end
-    end
-    return {{params = decay, weight_decay = weight_decay}, {params = no_decay, weight_decay = 0}}
-end
 
 return ResNet

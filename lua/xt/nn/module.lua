@@ -129,6 +129,17 @@ function Module:parameters()
     return out
 end
 
+-- The usual AdamW split (as timm's param_groups_weight_decay): weights with weight decay;
+-- biases, norm scales and other 1-D parameters without, since decaying them only shrinks
+-- what normalisation puts back.
+function Module:param_groups(weight_decay)
+    local decay, no_decay = {}, {}
+    for _, p in ipairs(self:parameters()) do
+        if p:dim() <= 1 then no_decay[#no_decay + 1] = p else decay[#decay + 1] = p end
+    end
+    return {{params = decay, weight_decay = weight_decay}, {params = no_decay, weight_decay = 0}}
+end
+
 function Module:buffers()
     local out = {}
     for _, e in ipairs(self:named_buffers()) do out[#out + 1] = e[2] end
