@@ -19,6 +19,7 @@ local run = xt.experiment.start{
         epochs = 4, batch_size = 128, lr = 4e-3, weight_decay = 0.05, warmup_epochs = 0.5,
         label_smoothing = 0.1, dim = 64, depth = '2,2', heads = 8, kernel = 5, mlp_ratio = 2,
         workers = 2, data = 'data/cifar-10-batches-bin', dataset = 'auto', eval_batch_size = 500,
+        augment = 'crop,flip',
     },
     help = {
         weight_decay = 'AdamW weight decay (not on biases and norms)',
@@ -28,6 +29,8 @@ local run = xt.experiment.start{
         kernel = 'AFT-conv kernel size (odd)', mlp_ratio = 'MLP hidden width / channels',
         workers = 'data loader threads', dataset = 'cifar10, fashion_mnist or auto',
         eval_batch_size = 'batch size for evaluation',
+        augment = "training augmentation: 'crop' (random crop of the padded image), 'flip', "
+                  .. "both comma-separated, or 'none'",
     },
 }
 local cfg = run.config
@@ -70,12 +73,21 @@ if cfg.limit_test > 0 then test_set = data.subset(test_set, 1, cfg.limit_test) e
 
 local sample = train_set[1].image                  -- [H,W,C] uint8
 local size, channels = sample:size(1), sample:size(3)
+local train_transforms = {}
+for name in tostring(cfg.augment):gmatch('[^,%s]+') do
+    if name == 'crop' then
+        train_transforms[#train_transforms + 1] = {'random_crop', size, padding = crop_pad}
+    elseif name == 'flip' then
+        train_transforms[#train_transforms + 1] = 'random_horizontal_flip'
+    elseif name ~= 'none' then
+        error(string.format("aft_conv_cifar: --augment takes crop, flip or none, got '%s'", name))
+    end
+end
+train_transforms[#train_transforms + 1] = 'to_tensor'
+train_transforms[#train_transforms + 1] = {'normalize', norm.mean, norm.std}
 local train_loader = data.DataLoader(train_set, {
     batch_size = cfg.batch_size, shuffle = true, seed = cfg.seed, drop_last = true,
-    workers = cfg.workers,
-    transform = data.transforms{{'random_crop', size, padding = crop_pad},
-                                'random_horizontal_flip', 'to_tensor',
-                                {'normalize', norm.mean, norm.std}},
+    workers = cfg.workers, transform = data.transforms(train_transforms),
 })
 local test_loader = data.DataLoader(test_set, {
     batch_size = cfg.eval_batch_size, workers = cfg.workers,

@@ -2,7 +2,7 @@
 --
 --   xlua experiments/imagenet_style.lua --data /path/to/imagenet      (train/ and val/ inside)
 --   xlua datasets/export_image_folder.lua --dataset fashion_mnist --out data/fmnist-folder
---   xlua experiments/imagenet_style.lua --data data/fmnist-folder --image-size 28 --crop 28
+--   xlua experiments/imagenet_style.lua --data data/fmnist-folder --channels 1 --crop 28 --resize 28
 --
 -- Training: RandomResizedCrop + horizontal flip; validation: resize the shorter side to
 -- `resize` and center-crop `crop`. Top-1 and top-5 accuracy after each epoch, label smoothing,

@@ -60,6 +60,17 @@ describe('experiments/aft_conv_cifar.lua', function()
         assert.are.equal(3, img:size(3))
     end)
 
+    it('names a bad --augment value', function()
+        local log = root .. '/bad_augment.txt'
+        local ok = os.execute(string.format("'%s' experiments/aft_conv_cifar.lua %s --augment crop,spin "
+                                            .. "--out '%s/bad' > '%s' 2>&1", XLUA, flags, root, log))
+        assert.is_false(ok == 0 or ok == true)
+        local f = io.open(log)
+        local out = f:read('*a')
+        f:close()
+        assert.truthy(out:find("--augment takes crop, flip or none, got 'spin'", 1, true), out)
+    end)
+
     it('resumes exactly', function()
         local whole, split = root .. '/whole', root .. '/split'
         run('experiments/aft_conv_cifar.lua', flags .. ' --epochs 2 --out ' .. whole)
