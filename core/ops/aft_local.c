@@ -170,8 +170,6 @@ static bool any_outside(const band *g)
     return false;
 }
 
-enum { CH = 32 }; /* channels per task of the passes over time */
-
 /* Exact output for one (b, t, c) whose scaled denominator underflowed: a direct sum over
  * the allowed keys with the max of k + w' as offset, in double. Returns A; *lam gets
  * log(den) relative to the offsets m_c + r_t. */
@@ -200,17 +198,17 @@ static float direct_output(const band *g, const float *k, const float *v, const 
 /* m [B*D]: the max of each channel of k over time; X [T,J] = [E V | E] per batch item; with
  * out [nb,J] (double), the sum of X over the keys outside query block j's key range that
  * its queries may see: t' < c0(j), and t' >= c1(j) when not causal. One task per batch
- * item and CH channels, scanning time. */
+ * item and group of channels, scanning time (aft.h). */
 static void forward_prepare(const band *g, const float *k, const float *v, float *m, float *X,
                             double *out)
 {
     int64_t B = g->B, T = g->T, D = g->D, J = g->J, nb = block_count(g);
-    int64_t nch = (D + CH - 1) / CH;
+    int64_t cols = aft_group_width(B, D), nch = (D + cols - 1) / cols;
 #pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
     for (int64_t b = 0; b < B; b++)
         for (int64_t ch = 0; ch < nch; ch++) {
-            int64_t c0 = ch * CH, nc = D - c0 < CH ? D - c0 : CH, col = b * 2 * D + c0;
-            float mx[CH];
+            int64_t c0 = ch * cols, nc = D - c0 < cols ? D - c0 : cols, col = b * 2 * D + c0;
+            float mx[AFT_GROUP];
             for (int64_t c = 0; c < nc; c++) mx[c] = -INFINITY;
             for (int64_t t = 0; t < T; t++) {
                 const float *kr = k + (b * T + t) * D + c0;
@@ -218,7 +216,7 @@ static void forward_prepare(const band *g, const float *k, const float *v, float
                 for (int64_t c = 0; c < nc; c++) mx[c] = kr[c] > mx[c] ? kr[c] : mx[c];
             }
             for (int64_t c = 0; c < nc; c++) m[b * D + c0 + c] = mx[c];
-            double rn[CH] = {0}, rd[CH] = {0}; /* keys [0, t) */
+            double rn[AFT_GROUP] = {0}, rd[AFT_GROUP] = {0}; /* keys [0, t) */
             int64_t j = 0;
             for (int64_t t = 0; t < T; t++) {
                 for (; out && j < nb && query_block(g, j).c0 <= t; j++)
@@ -404,7 +402,7 @@ typedef struct band_grads {
  * direct_backward), X [T,J] = [E V | -E]; with zout [nb,J] (double), the sum of
  * out_scale[t] Y[t] over the queries outside key block j's query range, all of which see
  * its keys outside their windows: t >= t1(j), and t < t0(j) when not causal. One task per
- * batch item and CH channels, scanning time backwards. Returns the count of outputs
+ * batch item and group of channels, scanning time backwards (aft.h). Returns the count of outputs
  * whose den underflowed. */
 static int64_t backward_prepare(const band *g, const float *q, const float *k, const float *v,
                                 const float *A, const float *lam, const float *G,
@@ -412,13 +410,13 @@ static int64_t backward_prepare(const band *g, const float *q, const float *k, c
                                 double *zout)
 {
     int64_t B = g->B, T = g->T, D = g->D, J = g->J, nb = block_count(g);
-    int64_t nch = (D + CH - 1) / CH, flagged = 0;
+    int64_t cols = aft_group_width(B, D), nch = (D + cols - 1) / cols, flagged = 0;
 #pragma omp parallel for collapse(2) schedule(static) reduction(+ : flagged) \
     if (B * T * D > XT_PARALLEL_GRAIN)
     for (int64_t b = 0; b < B; b++)
         for (int64_t ch = 0; ch < nch; ch++) {
-            int64_t c0 = ch * CH, nc = D - c0 < CH ? D - c0 : CH, col = b * 2 * D + c0;
-            float mx[CH];
+            int64_t c0 = ch * cols, nc = D - c0 < cols ? D - c0 : cols, col = b * 2 * D + c0;
+            float mx[AFT_GROUP];
             if (Y) {
                 for (int64_t c = 0; c < nc; c++) mx[c] = -INFINITY;
                 for (int64_t t = 0; t < T; t++) {
@@ -428,7 +426,7 @@ static int64_t backward_prepare(const band *g, const float *q, const float *k, c
                 }
                 for (int64_t c = 0; c < nc; c++) m[b * D + c0 + c] = mx[c];
             }
-            double r1[CH] = {0}, r2[CH] = {0}; /* queries (t, T) */
+            double r1[AFT_GROUP] = {0}, r2[AFT_GROUP] = {0}; /* queries (t, T) */
             int64_t j = nb - 1;
             for (int64_t t = T - 1; t >= 0; t--) {
                 for (; zout && j >= 0 && key_block(g, j).t1 > t; j--)
