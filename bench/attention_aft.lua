@@ -8,12 +8,19 @@
 -- upstream gradient all ones, against the efficient PyTorch formulation of
 -- bench/attention_aft_torch.py (GEMMs with exp(w), cumulative sums, depth-wise conv2d) with
 -- the same thread count. Ratio = torch time / xt time (> 1: xt is faster).
--- GFLOP/s for aft_full/aft_local counts their GEMM work only where it is useful: the
--- allowed (query, key) pairs (half the square when causal; the band for aft_local), times
--- 2 flops x 2BD columns ([E V | E]), forward plus the backward's two GEMMs of the same
--- size. For aft_simple and aft_conv, which do no GEMM, GB/s is the compulsory traffic
--- (every input, saved tensor, output and gradient read or written once). The machine's
--- SGEMM peak is about 145 GFLOP/s on 2 threads (bench/run.lua's matmul case).
+--
+-- Roofline, measured in the same run: the SGEMM peak (a direct cblas_sgemm 1024^3, as
+-- bench/run.lua's matmul case) and the streaming bandwidth (the better of memcpy and xt's
+-- copy_ of 128 MB; read + write bytes). Each case prints its rate and the fraction of the
+-- roofline it reaches, for xt and for PyTorch:
+--  - aft_full, aft_local (GEMM-bound): GFLOP/s over the minimal GEMM work, the allowed
+--    (query, key) pairs (half the square when causal; the band for aft_local) times
+--    2 flops x 2BD columns ([E V | E]), for the forward and the backward's two GEMMs of the
+--    same size, against the SGEMM peak;
+--  - aft_simple, aft_conv (memory-bound): GB/s of the compulsory traffic, against the
+--    bandwidth: the forward reads q, k, v and writes y; the backward reads the upstream
+--    gradient and q, k, v again and writes dq, dk, dv; nothing saved (what an op saves for
+--    its backward is extra traffic of its own choosing, counted against it).
 --
 -- Memory: each op runs in a fresh process (this script with --memory-one, and the PyTorch
 -- script's memory mode) at B = 1; the figure is the growth of the peak resident memory over
@@ -171,7 +178,7 @@ local cases = {
     },
     {
         name = 'aft_simple causal B8 T4096 D256', torch = 'aft_simple',
-        bytes = 15 * 8 * 4096 * 256 * 4,
+        bytes = 11 * 8 * 4096 * 256 * 4, -- q k v in, y out; G q k v in, dq dk dv out
         xt = function()
             local q, k, v = leaf{8, 4096, 256}, leaf{8, 4096, 256}, leaf{8, 4096, 256}
             local dout = xt.ones(8, 4096, 256)
@@ -180,9 +187,8 @@ local cases = {
     },
     {
         name = 'aft_conv B64 C128 16x16 8 heads 3x3', torch = 'aft_conv',
-        -- q, k (1/16 of it), v, w in; y, A, log-normaliser out; G, q, k, v, A read and
-        -- dq, dk, dv written in the backward
-        bytes = (3 * 2 + 2 + 4 + 3) * 64 * 128 * 256 * 4,
+        -- q, v, k (1/16 of q) in, y out; G, q, v, k in, dq, dv, dk out (w is 72 floats)
+        bytes = (8 + 3 / 16) * 64 * 128 * 256 * 4,
         xt = function()
             local q, k, v = leaf{64, 128, 16, 16}, leaf{64, 8, 16, 16}, leaf{64, 128, 16, 16}
             local w, dout = leaf({8, 3, 3}, 0.5), xt.ones(64, 128, 16, 16)
@@ -207,22 +213,51 @@ local function torch_times()
     return require('dkjson').decode(out), version
 end
 
+-- the roofline: SGEMM peak (GFLOP/s) and streaming bandwidth (GB/s), this run, these threads
+local ffi = require 'ffi'
+pcall(ffi.cdef, [[
+void cblas_sgemm(int order, int transa, int transb, int m, int n, int k, float alpha,
+                 const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+void *memcpy(void *dst, const void *src, size_t n);
+]])
+
+local function sgemm_peak()
+    local n = 1024
+    local a, b, c = xt.randn(n, n), xt.randn(n, n), xt.zeros(n, n)
+    local pa, pb, pc = ffi.cast('float*', a._c.data), ffi.cast('float*', b._c.data),
+                       ffi.cast('float*', c._c.data)
+    local t = timer.time(function()
+        ffi.C.cblas_sgemm(101, 111, 111, n, n, n, 1, pa, n, pb, n, 0, pc, n)
+    end, min_time)
+    return 2 * n ^ 3 / t / 1e9
+end
+
+local function bandwidth()
+    local n = 32 * 1024 * 1024
+    local src, dst = xt.ones(n), xt.zeros(n)
+    local t_memcpy = timer.time(function() ffi.C.memcpy(dst._c.data, src._c.data, n * 4) end, min_time)
+    local t_copy = timer.time(function() dst:copy_(src) end, min_time)
+    return 2 * n * 4 / math.min(t_memcpy, t_copy) / 1e9
+end
+
 print(string.format('xt %s, %d threads; times are the best per-call of 5 batches', xt.version, threads))
 local ref, torch_version = torch_times()
 print(ref and ('PyTorch ' .. torch_version) or '(PyTorch not found: xt times only)')
-print(string.format('%-44s %10s %10s %7s  %s', 'case (fwd+bwd)', 'xt', 'torch', 'ratio', 'xt rate / torch rate'))
+local peak, bw = sgemm_peak(), bandwidth()
+print(string.format('roofline this run: SGEMM peak %.1f GFLOP/s (cblas_sgemm 1024^3), bandwidth %.1f GB/s (copy)',
+                    peak, bw))
+print(string.format('%-44s %10s %10s %7s  %s', 'case (fwd+bwd)', 'xt', 'torch', 'ratio',
+                    'xt rate / torch rate, fraction of the roofline xt / torch'))
 for _, c in ipairs(cases) do
     if selected(c) then
         local t = timer.time(c.xt(), min_time)
         local tt = ref and ref[c.torch]
-        local rate
-        if c.flops then
-            rate = string.format('%.1f GFLOP/s', c.flops / t / 1e9)
-            if tt then rate = rate .. string.format(' / %.1f', c.flops / tt / 1e9) end
-        else
-            rate = string.format('%.1f GB/s', c.bytes / t / 1e9)
-            if tt then rate = rate .. string.format(' / %.1f', c.bytes / tt / 1e9) end
-        end
+        local work, unit, roof = c.flops or c.bytes, c.flops and 'GFLOP/s' or 'GB/s', c.flops and peak or bw
+        local rate = string.format('%.1f %s', work / t / 1e9, unit)
+        if tt then rate = rate .. string.format(' / %.1f', work / tt / 1e9) end
+        rate = rate .. string.format(', %.0f%%', 100 * work / t / 1e9 / roof)
+        if tt then rate = rate .. string.format(' / %.0f%%', 100 * work / tt / 1e9 / roof) end
+        rate = rate .. (c.flops and ' of peak' or ' of bandwidth')
         print(string.format('%-44s %8.1fms %10s %7s  %s', c.name, t * 1e3,
                             tt and string.format('%.1fms', tt * 1e3) or '-',
                             tt and string.format('%.2fx', tt / t) or '-', rate))

@@ -18,6 +18,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -149,6 +150,23 @@ static inline xt_status aft_check_qkv(const char *op, const xt_tensor *q, const 
         aft_check_shape(op, "v", v, 3, q->shape, "the shape of q"))
         return xt_last_status();
     return XT_OK;
+}
+
+/* Passes over time go one task per batch item and group of channels, each task scanning
+ * whole rows of its channels in time order. Wide groups stream from memory far better than
+ * narrow ones, whose rows of [T,D] lie on a new page every few steps (where hardware
+ * prefetching stops). The width of a group (at most AFT_GROUP, a multiple of 16 when it is
+ * not all of D) gives at least as many tasks as threads and a multiple of them when it can. */
+enum { AFT_GROUP = 256 };
+
+static inline int64_t aft_group_width(int64_t B, int64_t D)
+{
+    int64_t nt = omp_get_max_threads(), g = (nt + B - 1) / B;
+    if (g < (D + AFT_GROUP - 1) / AFT_GROUP) g = (D + AFT_GROUP - 1) / AFT_GROUP;
+    while ((B * g) % nt != 0 && g < 4 * nt && g < D) g++;
+    int64_t width = (D + g - 1) / g;
+    if (width < D) width = (width + 15) / 16 * 16;
+    return width < D ? width : D;
 }
 
 static inline void aft_release(int32_t n, xt_tensor **ts)

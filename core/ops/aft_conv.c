@@ -80,91 +80,73 @@ static double direct_lse(const conv_geom *g, const float *kp, const float *wh, i
     return M + log(s);
 }
 
-/* ---- window sums on padded, channel-interleaved planes ---------------------------------
+/* ---- window sums on padded planes -----------------------------------------------------
  *
- * A head's cg channels are stored interleaved, [H, W, cg] (channel fastest), inside a zero
- * border of kh/2 rows and kw/2 columns: padded rows of li = (W + kw - 1) cg floats. A tap
- * (i, j) of the window is then one shift of a whole row by j cg floats, so each output row
- * of W cg floats is kh kw contiguous multiply-adds over all the head's channels at once,
- * with no bounds tests (the border supplies the zeros). */
+ * A plane [H,W] is kept inside a zero border of kh/2 rows and kw/2 columns: Hp = H + kh - 1
+ * rows of Wp = W + kw - 1 floats, plus zeros of slack. Window sums are made in the
+ * same row stride, [H, Wp]: output o = y Wp + x reads the padded input at o + i Wp + j for
+ * tap (i, j), so each tap is one contiguous multiply-add over the whole plane. The columns
+ * x >= W of an output are spare (dropped); read from a padded plane's interior they are
+ * its border, zeros, which is what plane_dot relies on. */
+/* Window sums go in blocks of PLANE_BLOCK outputs that stay in registers over all the
+ * taps; planes are allocated with room for whole blocks (plane_rows), the padded ones
+ * with PLANE_BLOCK more zeros of slack. */
+#define PLANE_BLOCK 32
 
-/* out[y, t] += sum_{i,j} F[i kw + j] in[y + i, j step + t] for y < H, t < lo. An output
- * row goes in blocks of CORR_BLOCK floats that stay in registers over all the taps. */
-#define CORR_BLOCK 16
+typedef struct pad_geom {
+    int64_t Wp, n, origin; /* n: floats of a padded plane; origin: offset of position (0,0) */
+} pad_geom;
 
-static void window_corr(float *out, int64_t lo, const float *in, int64_t li, const float *F,
-                        int64_t H, int64_t kh, int64_t kw, int64_t step)
+static pad_geom pad_layout(const conv_geom *g)
 {
-    for (int64_t y = 0; y < H; y++) {
-        float *o = out + y * lo;
-        const float *row = in + y * li;
-        int64_t t0 = 0;
-        for (; t0 + CORR_BLOCK <= lo; t0 += CORR_BLOCK) {
-            float acc[CORR_BLOCK];
-            memcpy(acc, o + t0, sizeof acc);
-            for (int64_t i = 0; i < kh; i++)
-                for (int64_t j = 0; j < kw; j++) {
-                    const float *s = row + i * li + j * step + t0, f = F[i * kw + j];
+    pad_geom pg;
+    pg.Wp = g->W + g->kw - 1;
+    pg.n = (g->H + g->kh - 1) * pg.Wp + g->kw - 1 + PLANE_BLOCK;
+    pg.origin = (g->kh / 2) * pg.Wp + g->kw / 2;
+    return pg;
+}
+
+
+/* Floats of an output plane [H, Wp] rounded up to whole blocks. */
+static int64_t plane_rows(const conv_geom *g, int64_t Wp)
+{
+    return (g->H * Wp + PLANE_BLOCK - 1) / PLANE_BLOCK * PLANE_BLOCK;
+}
+
+/* out[o] += sum_{i,j} F[i kw + j] in[o + i Wp + j], o < H Wp, the taps in order. */
+static void plane_corr(const conv_geom *g, int64_t Wp, float *out, const float *in,
+                       const float *F)
+{
+    int64_t n = plane_rows(g, Wp);
+    for (int64_t o0 = 0; o0 < n; o0 += PLANE_BLOCK) {
+        float acc[PLANE_BLOCK];
+        memcpy(acc, out + o0, sizeof acc);
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) {
+                const float *s = in + i * Wp + j + o0, f = F[i * g->kw + j];
 #pragma omp simd
-                    for (int64_t t = 0; t < CORR_BLOCK; t++) acc[t] += f * s[t];
-                }
-            memcpy(o + t0, acc, sizeof acc);
-        }
-        for (int64_t i = 0; i < kh && t0 < lo; i++)
-            for (int64_t j = 0; j < kw; j++) {
-                const float *s = row + i * li + j * step, f = F[i * kw + j];
-#pragma omp simd
-                for (int64_t t = t0; t < lo; t++) o[t] += f * s[t];
+                for (int64_t t = 0; t < PLANE_BLOCK; t++) acc[t] += f * s[t];
             }
+        memcpy(out + o0, acc, sizeof acc);
     }
 }
 
-/* dw[i kw + j] += sign scale[i kw + j] sum_{y,t} a[y, t] in[y + i, j step + t], a read with
- * row stride la. Each lane of a block of CORR_BLOCK columns sums over the rows in float (in
- * registers), the lanes are then summed in double; columns past the last block go through
- * acc [lo] the same way. */
-static void window_dot(double *dw, double sign, const float *scale, const float *a, int64_t la,
-                       int64_t lo, const float *in, int64_t li, int64_t H, int64_t kh,
-                       int64_t kw, int64_t step, float *acc)
+/* dw[i kw + j] += sign scale[i kw + j] sum_{o < H Wp} a[o] in[o + i Wp + j] (a's spare
+ * columns and slack are 0): each lane of a block sums in float, the lanes in double. */
+static void plane_dot(const conv_geom *g, int64_t Wp, double *dw, double sign,
+                      const float *scale, const float *a, const float *in)
 {
-    int64_t blocked = lo - lo % CORR_BLOCK;
-    for (int64_t i = 0; i < kh; i++)
-        for (int64_t j = 0; j < kw; j++) {
-            const float *base = in + i * li + j * step;
-            double s = 0;
-            for (int64_t t0 = 0; t0 < blocked; t0 += CORR_BLOCK) {
-                float blk[CORR_BLOCK] = {0};
-                for (int64_t y = 0; y < H; y++) {
-                    const float *pa = a + y * la + t0, *pb = base + y * li + t0;
+    int64_t n = plane_rows(g, Wp);
+    for (int64_t i = 0; i < g->kh; i++)
+        for (int64_t j = 0; j < g->kw; j++) {
+            const float *s = in + i * Wp + j;
+            float lane[PLANE_BLOCK] = {0};
+            for (int64_t o0 = 0; o0 < n; o0 += PLANE_BLOCK) {
 #pragma omp simd
-                    for (int64_t t = 0; t < CORR_BLOCK; t++) blk[t] += pa[t] * pb[t];
-                }
-                s += plane_sum(blk, CORR_BLOCK);
+                for (int64_t t = 0; t < PLANE_BLOCK; t++) lane[t] += a[o0 + t] * s[o0 + t];
             }
-            if (blocked < lo) {
-                for (int64_t t = blocked; t < lo; t++) acc[t] = 0;
-                for (int64_t y = 0; y < H; y++) {
-                    const float *pa = a + y * la, *pb = base + y * li;
-#pragma omp simd
-                    for (int64_t t = blocked; t < lo; t++) acc[t] += pa[t] * pb[t];
-                }
-                s += plane_sum(acc + blocked, lo - blocked);
-            }
-            dw[i * kw + j] += sign * (double)scale[i * kw + j] * s;
+            dw[i * g->kw + j] += sign * (double)scale[i * g->kw + j] * plane_sum(lane, PLANE_BLOCK);
         }
-}
-
-/* Padded interleaved layout of one head: rows, row length and the interior's origin. */
-typedef struct pad_geom {
-    int64_t Hp, li, origin; /* origin: offset of position (0,0) */
-} pad_geom;
-
-static pad_geom pad_layout(const conv_geom *g, int64_t cg)
-{
-    int64_t Wp = g->W + g->kw - 1;
-    pad_geom pg = {g->H + g->kh - 1, Wp * cg, 0};
-    pg.origin = (g->kh / 2) * pg.li + (g->kw / 2) * cg;
-    return pg;
 }
 
 /* The kernel reversed, for the transposed correlation (conv^T). */
@@ -181,23 +163,23 @@ static void conv_forward_head(const conv_geom *g, const float *q, const float *k
                               float *scratch, double *dscratch)
 {
     int64_t P = g->P, H = g->H, W = g->W, cg = g->cg;
-    pad_geom pc = pad_layout(g, cg), p1 = pad_layout(g, 1);
-    float *E = scratch, *F = E + P, *ew = F + g->kk, *X = ew + g->kk; /* X padded [Hp, li] */
-    float *num = X + pc.Hp * pc.li;                                    /* [P, cg] */
-    float *invd = num + P * cg, *nc = invd + P; /* 1/den (0: direct output); a num plane */
-    double *Ed = dscratch, *cnt = Ed + p1.Hp * p1.li, *inw = cnt + P;
+    pad_geom pg = pad_layout(g);
+    int64_t Wp = pg.Wp;
+    float *E = scratch, *F = E + P, *ew = F + g->kk, *X = ew + g->kk; /* X: E V padded */
+    float *num = X + pg.n, *invd = num + plane_rows(g, Wp); /* num [H, Wp]; 1/den (0: direct output) */
+    double *Ed = dscratch, *cnt = Ed + pg.n, *inw = cnt + P;
     float r, m = head_setup(g, kp, wh, E, F, ew, &r);
     double osc = exp(-(double)r), S = plane_sum(E, P);
 
     /* den = exp(-r) (S - window keys) + window keys weighted by exp(w - r), in double */
-    memset(Ed, 0, sizeof(double) * (size_t)(p1.Hp * p1.li));
+    memset(Ed, 0, sizeof(double) * (size_t)pg.n);
     for (int64_t yy = 0; yy < H; yy++)
-        for (int64_t x = 0; x < W; x++) Ed[p1.origin + yy * p1.li + x] = E[yy * W + x];
+        for (int64_t x = 0; x < W; x++) Ed[pg.origin + yy * Wp + x] = E[yy * W + x];
     for (int64_t p = 0; p < P; p++) cnt[p] = inw[p] = 0;
     for (int64_t yy = 0; yy < H; yy++)
         for (int64_t i = 0; i < g->kh; i++)
             for (int64_t j = 0; j < g->kw; j++) {
-                const double *s = Ed + (yy + i) * p1.li + j;
+                const double *s = Ed + (yy + i) * Wp + j;
                 double f = ew[i * g->kw + j], *c = cnt + yy * W, *n = inw + yy * W;
 #pragma omp simd
                 for (int64_t x = 0; x < W; x++) {
@@ -217,31 +199,29 @@ static void conv_forward_head(const conv_geom *g, const float *q, const float *k
     for (int64_t p = 0; p < P && flagged; p++)
         if (invd[p] == 0) lam[p] = (float)(direct_lse(g, kp, wh, p) - m - r);
 
-    /* X = E V, interleaved and padded; num starts at the global term exp(-r) sum_p X,
-     * one row of it built first and copied to the others */
-    memset(X, 0, sizeof(float) * (size_t)(pc.Hp * pc.li));
+    /* per channel: X = E V (padded), num = exp(-r) sum_p X + the window sums */
+    memset(X, 0, sizeof(float) * (size_t)pg.n);
     for (int64_t c = 0; c < cg; c++) {
-        const float *vc = v + c * P;
-        float *xc = X + pc.origin + c;
+        const float *vc = v + c * P, *qc = q + c * P;
+        float *yc = y + c * P, *ac = A + c * P, *xi = X + pg.origin;
+        for (int64_t yy = 0; yy < H; yy++) {
+            const float *er = E + yy * W, *vr = vc + yy * W;
+            float *xr = xi + yy * Wp;
 #pragma omp simd
-        for (int64_t p = 0; p < P; p++) nc[p] = E[p] * vc[p];
-        float s = (float)(osc * plane_sum(nc, P));
-        for (int64_t yy = 0; yy < H; yy++)
-            for (int64_t x = 0; x < W; x++) xc[yy * pc.li + x * cg] = nc[yy * W + x];
-        for (int64_t x = 0; x < W; x++) num[x * cg + c] = s;
-    }
-    for (int64_t yy = 1; yy < H; yy++) memcpy(num + yy * W * cg, num, sizeof(float) * (size_t)(W * cg));
-    window_corr(num, W * cg, X, pc.li, F, H, g->kh, g->kw, cg);
-
-    for (int64_t c = 0; c < cg; c++) {
-        const float *qc = q + c * P;
-        float *yc = y + c * P, *ac = A + c * P;
-        for (int64_t p = 0; p < P; p++) nc[p] = num[p * cg + c];
+            for (int64_t x = 0; x < W; x++) xr[x] = er[x] * vr[x];
+        }
+        float total = (float)(osc * plane_sum(X, pg.n));
+        for (int64_t o = 0; o < plane_rows(g, Wp); o++) num[o] = total;
+        plane_corr(g, Wp, num, X, F);
+        for (int64_t yy = 0; yy < H; yy++) {
+            const float *nr = num + yy * Wp;
 #pragma omp simd
-        for (int64_t p = 0; p < P; p++) {
-            float a = invd[p] > 0 ? nc[p] * invd[p] : 0.0f;
-            ac[p] = a;
-            yc[p] = aft_sigmoid(qc[p]) * a;
+            for (int64_t x = 0; x < W; x++) {
+                int64_t p = yy * W + x;
+                float a = invd[p] > 0 ? nr[x] * invd[p] : 0.0f;
+                ac[p] = a;
+                yc[p] = aft_sigmoid(qc[p]) * a;
+            }
         }
     }
     if (flagged == 0) return;
@@ -262,15 +242,13 @@ static void conv_forward_head(const conv_geom *g, const float *q, const float *k
 /* Scratch per thread, floats (forward or backward, whichever needs more) and doubles. */
 static int64_t conv_scratch_floats(const conv_geom *g)
 {
-    pad_geom pc = pad_layout(g, g->cg), p1 = pad_layout(g, 1);
-    return 2 * pc.Hp * pc.li + 3 * g->P * g->cg + 2 * p1.Hp * p1.li + 8 * g->P + 3 * g->kk +
-           g->cg;
+    pad_geom pg = pad_layout(g);
+    return 6 * g->P + 4 * g->kk + 4 * pg.n + 2 * plane_rows(g, pg.Wp);
 }
 
 static int64_t conv_scratch_doubles(const conv_geom *g)
 {
-    pad_geom p1 = pad_layout(g, 1);
-    return p1.Hp * p1.li + 2 * g->P + g->cg;
+    return pad_layout(g).n + 2 * g->P;
 }
 
 static xt_status conv_forward(const conv_geom *g, const float *q, const float *k, const float *v,
@@ -313,15 +291,13 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
                                float *dv, double *dw, float *scratch)
 {
     int64_t P = g->P, H = g->H, W = g->W, kk = g->kk, cg = g->cg;
-    pad_geom pc = pad_layout(g, cg), p1 = pad_layout(g, 1);
-    int64_t npc = pc.Hp * pc.li, np1 = p1.Hp * p1.li;
-    float *E = scratch, *F = E + P, *ew = F + kk, *Ff = ew + kk, *inv = Ff + kk, *vu = inv + P;
-    float *ua = vu + P, *Hn = ua + P; /* Hn: G sigmoid(q) / den, padded interleaved */
-    float *X = Hn + npc;              /* E V, padded interleaved */
-    float *U = X + npc;               /* [P, cg] */
-    float *a = U + P * cg, *Ep = a + np1; /* a and E padded, single planes */
-    float *ap = Ep + np1, *nc = ap + P;   /* a; one channel's plane (or a row of U) */
-    float *hs = nc + P * cg;              /* [cg] */
+    pad_geom pg = pad_layout(g);
+    int64_t Wp = pg.Wp, org = pg.origin;
+    float *E = scratch, *F = E + P, *ew = F + kk, *Ff = ew + kk, *inv = Ff + kk;
+    float *vu = inv + P, *ap = vu + P;   /* sum_c V U;  a = sum_c Hn A */
+    float *Hn = ap + P, *X = Hn + pg.n;  /* one channel's Hn and E V, padded */
+    float *ad = X + pg.n, *Ep = ad + pg.n; /* a and E, padded */
+    float *U = Ep + pg.n;                /* [H, Wp]: one channel's U, then Ua */
     float r, m = head_setup(g, kp, wh, E, F, ew, &r);
     double osc = exp(-(double)r);
     bool need_kv = dkp || dv;
@@ -331,71 +307,69 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
         bool ok = lam[p] >= AFT_LOG_TINY;
         inv[p] = ok ? aft_exp(-lam[p]) : 0.0f; /* direct outputs are handled below */
         flagged += !ok;
-        vu[p] = 0;
+        vu[p] = ap[p] = 0;
     }
-    memset(Hn, 0, sizeof(float) * (size_t)npc);
-    for (int64_t p = 0; p < P; p++) ap[p] = 0;
+    memset(Hn, 0, sizeof(float) * (size_t)pg.n);
+    if (dw) memset(X, 0, sizeof(float) * (size_t)pg.n);
     for (int64_t c = 0; c < cg; c++) {
-        const float *qc = q + c * P, *gc = G + c * P, *ac = A + c * P;
-        float *hc = Hn + pc.origin + c;
+        const float *qc = q + c * P, *gc = G + c * P, *ac = A + c * P, *vc = v + c * P;
+        for (int64_t yy = 0; yy < H; yy++) {
+            float *hr = Hn + org + yy * Wp;
 #pragma omp simd
-        for (int64_t p = 0; p < P; p++) {
-            float s = aft_sigmoid(qc[p]);
-            if (dq) dq[c * P + p] = gc[p] * ac[p] * s * (1.0f - s);
-            float h = gc[p] * s * inv[p];
-            nc[p] = h;
-            ap[p] += h * ac[p];
-        }
-        hs[c] = (float)(osc * plane_sum(nc, P));
-        for (int64_t yy = 0; yy < H; yy++)
-            for (int64_t x = 0; x < W; x++) hc[yy * pc.li + x * cg] = nc[yy * W + x];
-    }
-    if (need_kv) {
-        /* U = exp(-r) sum_p Hn + conv^T(Hn, F'); dV = E U, vu = sum_c V U */
-        for (int64_t x = 0; x < W; x++)
-            for (int64_t c = 0; c < cg; c++) U[x * cg + c] = hs[c];
-        for (int64_t yy = 1; yy < H; yy++) memcpy(U + yy * W * cg, U, sizeof(float) * (size_t)(W * cg));
-        window_corr(U, W * cg, Hn, pc.li, Ff, H, g->kh, g->kw, cg);
-        for (int64_t c = 0; c < cg; c++) {
-            const float *vc = v + c * P;
-            for (int64_t p = 0; p < P; p++) nc[p] = U[p * cg + c];
-#pragma omp simd
-            for (int64_t p = 0; p < P; p++) {
-                if (dv) dv[c * P + p] = E[p] * nc[p];
-                vu[p] += vc[p] * nc[p];
+            for (int64_t x = 0; x < W; x++) {
+                int64_t p = yy * W + x;
+                float s = aft_sigmoid(qc[p]);
+                if (dq) dq[c * P + p] = gc[p] * ac[p] * s * (1.0f - s);
+                float h = gc[p] * s * inv[p];
+                hr[x] = h;
+                ap[p] += h * ac[p];
             }
         }
-    }
-    if (dw) {
-        /* + exp(w - r) sum_p sum_c Hn_p V_{p+d} E_{p+d} */
-        memset(X, 0, sizeof(float) * (size_t)npc);
-        for (int64_t c = 0; c < cg; c++) {
-            const float *vc = v + c * P;
-            float *xc = X + pc.origin + c;
+        double hsum = plane_sum(Hn, pg.n);
+        if (need_kv) {
+            /* U = exp(-r) sum_p Hn + conv^T(Hn, F'); dV = E U, vu += V U */
+            float total = (float)(osc * hsum);
+            for (int64_t o = 0; o < plane_rows(g, Wp); o++) U[o] = total;
+            plane_corr(g, Wp, U, Hn, Ff);
+            for (int64_t yy = 0; yy < H; yy++) {
+                const float *ur = U + yy * Wp;
 #pragma omp simd
-            for (int64_t p = 0; p < P; p++) nc[p] = E[p] * vc[p];
-            for (int64_t yy = 0; yy < H; yy++)
-                for (int64_t x = 0; x < W; x++) xc[yy * pc.li + x * cg] = nc[yy * W + x];
+                for (int64_t x = 0; x < W; x++) {
+                    int64_t p = yy * W + x;
+                    if (dv) dv[c * P + p] = E[p] * ur[x];
+                    vu[p] += vc[p] * ur[x];
+                }
+            }
         }
-        window_dot(dw, 1.0, ew, Hn + pc.origin, pc.li, W * cg, X, pc.li, H, g->kh, g->kw, cg, nc);
+        if (dw) {
+            /* + exp(w - r) sum_p Hn_p V_{p+d} E_{p+d} */
+            for (int64_t yy = 0; yy < H; yy++) {
+                float *xr = X + org + yy * Wp;
+#pragma omp simd
+                for (int64_t x = 0; x < W; x++) xr[x] = E[yy * W + x] * vc[yy * W + x];
+            }
+            plane_dot(g, Wp, dw, 1.0, ew, Hn + org, X);
+        }
     }
     /* a, padded */
-    memset(a, 0, sizeof(float) * (size_t)np1);
-    float *ai = a + p1.origin; /* a's interior, rows of p1.li */
-    for (int64_t yy = 0; yy < H; yy++) memcpy(ai + yy * p1.li, ap + yy * W, sizeof(float) * (size_t)W);
+    memset(ad, 0, sizeof(float) * (size_t)pg.n);
+    for (int64_t yy = 0; yy < H; yy++) memcpy(ad + org + yy * Wp, ap + yy * W, sizeof(float) * (size_t)W);
     if (dkp) {
-        double as = plane_sum(ap, P);
-        for (int64_t p = 0; p < P; p++) ua[p] = (float)(osc * as);
-        window_corr(ua, W, a, p1.li, Ff, H, g->kh, g->kw, 1);
+        float total = (float)(osc * plane_sum(ap, P));
+        for (int64_t o = 0; o < plane_rows(g, Wp); o++) U[o] = total;
+        plane_corr(g, Wp, U, ad, Ff);
+        for (int64_t yy = 0; yy < H; yy++)
 #pragma omp simd
-        for (int64_t p = 0; p < P; p++) dkp[p] = E[p] * (vu[p] - ua[p]);
+            for (int64_t x = 0; x < W; x++) {
+                int64_t p = yy * W + x;
+                dkp[p] = E[p] * (vu[p] - U[yy * Wp + x]);
+            }
     }
     if (dw) {
         /* - exp(w - r) sum_p a_p E_{p+d} */
-        memset(Ep, 0, sizeof(float) * (size_t)np1);
-        for (int64_t yy = 0; yy < H; yy++)
-            for (int64_t x = 0; x < W; x++) Ep[p1.origin + yy * p1.li + x] = E[yy * W + x];
-        window_dot(dw, -1.0, ew, ai, p1.li, W, Ep, p1.li, H, g->kh, g->kw, 1, nc);
+        memset(Ep, 0, sizeof(float) * (size_t)pg.n);
+        for (int64_t yy = 0; yy < H; yy++) memcpy(Ep + org + yy * Wp, E + yy * W, sizeof(float) * (size_t)W);
+        plane_dot(g, Wp, dw, -1.0, ew, ad + org, Ep);
     }
     if (flagged == 0) return;
     /* direct sums for the outputs whose den underflowed: alpha = exp(k + w' - L) */

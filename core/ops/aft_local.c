@@ -12,20 +12,23 @@
  * is the rest of the allowed keys (t' <= t when causal, all otherwise).
  *
  * Layout: all batch items and channels are stacked as [T, J], J = 2BD; columns
- * [2Db, 2Db + D) hold E V of item b and the next D hold E. The window part is one GEMM
- * per block of Tb query rows: P_blk [Tb, width] (exp(w - r) on the band, 0 off it, made
- * on the fly from w) times the stack's rows [c0, c0 + width), the only keys those queries
- * see in their windows; blocks run on different threads. The outside part is running
- * sums over time (in double) of the stack: the keys before the window, plus those after
- * it when not causal. Memory: three or four [T,J] buffers and one P_blk per thread;
- * nothing T x T besides w and its gradient.
+ * [2Db, 2Db + D) hold E V of item b and the next D hold E. The sums are one GEMM per block
+ * of Tb query rows: P_blk [Tb, width] times the stack's rows [c0, c0 + width), the keys
+ * the block's windows cover. P_blk holds exp(w - r) on each query's window and exp(-r) on
+ * the block's keys outside it (so the GEMM also sums the outside keys near the window);
+ * the outside keys beyond the block's key range are one running sum per block, taken (in
+ * double) in the pass that makes the stack, which starts the block's rows. Blocks run on
+ * different threads, and each turns its rows of sums into y, A and log(den) while they
+ * are in cache. Memory: the stack [T,J] and a [Tb,J] block and P_blk per thread; nothing
+ * T x T besides w and its gradient.
  *
  * Backward (research notes section 5), H = G sigmoid(q), Hn = H / den:
  *   Y2 = [Hn | Hn A] stacked like the forward; Z = P'^T Y2 with P' every weight
- *   exp(w' - r) (the window by GEMMs, the outside by running sums); U, W2 its two halves;
+ *   exp(w' - r); U, W2 its two halves;
  *   dV = E U,   dK = E (V U - W2),   dq = G A sigmoid(q) (1 - sigmoid(q)),
  *   dw[t,t'] = P[t,t'] (Y2[t] . [E V | -E][t'])  on the window (one GEMM per block).
- * Z is made per block of keys and dw per block of queries, so every block owns its rows.
+ * Z is made per block of keys (the queries near them by a GEMM, the others by running
+ * sums) and dw per block of queries, so every block owns its rows.
  */
 #include "aft.h"
 
@@ -66,21 +69,6 @@ static int64_t rows_per_block(int64_t T, int64_t s, bool causal)
     return tb < T ? tb : T;
 }
 
-/* m[b*D + c] = max over t of k[b,t,c]. */
-static void column_max(const float *k, int64_t B, int64_t T, int64_t D, float *m)
-{
-#pragma omp parallel for schedule(static) if (B * T * D > XT_PARALLEL_GRAIN && B > 1)
-    for (int64_t b = 0; b < B; b++) {
-        float *mb = m + b * D;
-        for (int64_t c = 0; c < D; c++) mb[c] = -INFINITY;
-        for (int64_t t = 0; t < T; t++) {
-            const float *kr = k + (b * T + t) * D;
-#pragma omp simd
-            for (int64_t c = 0; c < D; c++) mb[c] = kr[c] > mb[c] ? kr[c] : mb[c];
-        }
-    }
-}
-
 /* r[t]: the max bias query t sees; out_scale[t] = exp(-r[t]) when it has keys outside its
  * window (then r[t] >= 0), else 0 (its outside sums are empty). */
 static void row_offsets(const band *g, const float *w, float *r, float *out_scale)
@@ -97,61 +85,45 @@ static void row_offsets(const band *g, const float *w, float *r, float *out_scal
     }
 }
 
-/* P [t1 - t0, c1 - c0]: exp(w[t,t'] - r[t]) for the keys t' in [c0, c1) inside query t's
- * window, 0 for the others. Runs on the calling thread (blocks are spread over threads). */
-static void band_weights(const band *g, const float *w, const float *r, int64_t t0, int64_t t1,
-                         int64_t c0, int64_t c1, float *P)
-{
-    int64_t width = c1 - c0;
-    for (int64_t t = t0; t < t1; t++) {
-        float *p = P + (t - t0) * width;
-        const float *wr = w + t * g->T + c0;
-        int64_t lo = win_lo(g, t) - c0, hi = win_hi(g, t) - c0;
-        lo = lo < 0 ? 0 : lo > width ? width : lo;
-        hi = hi < lo ? lo : hi > width ? width : hi;
-        float rt = r[t];
-        for (int64_t j = 0; j < lo; j++) p[j] = 0.0f;
-#pragma omp simd
-        for (int64_t j = lo; j < hi; j++) p[j] = aft_exp(wr[j] - rt);
-        for (int64_t j = hi; j < width; j++) p[j] = 0.0f;
-    }
-}
-
-/* GEMM blocks. The window part is tiled two ways, each with disjoint output rows so that
- * blocks run on different threads (each GEMM single-threaded inside the parallel loop;
- * one parallel region per pass rather than one per block, which matters on a busy machine):
- *  - query block i: queries [t0, t1) = [i Tb, (i+1) Tb) and the keys [c0, c1) their
- *    windows cover (forward num/den rows, backward dw rows);
- *  - key block i: keys [c0, c1) = [i Tb, (i+1) Tb) and the queries [t0, t1) whose
- *    windows reach them (backward rows of Z = P'^T Y).
- * Blocks are handed out largest first (causal AFT-full's are triangular). */
+/* GEMM blocks, tiled two ways, each with disjoint output rows so that blocks run on
+ * different threads (each GEMM single-threaded inside the parallel loop; one parallel
+ * region per pass rather than one per block, which matters on a busy machine):
+ *  - query block j: queries [t0, t1) = [j Tb, (j+1) Tb) and the keys [c0, c1) their
+ *    windows cover (forward sums, backward dw rows);
+ *  - key block j: keys [c0, c1) = [j Tb, (j+1) Tb) and the queries [t0, t1) near them
+ *    (backward rows of Z = P'^T Y): every query outside that range that may see those
+ *    keys sees them outside its window.
+ * The sums over the keys (forward) or queries (backward) outside a block's range are the
+ * block's running sums. */
 typedef struct block {
     int64_t t0, t1, c0, c1;
 } block;
 
 static int64_t block_count(const band *g) { return (g->T + g->tb - 1) / g->tb; }
 
-/* Block i of the given kind, counted so that i = 0 is the last (largest when causal). */
-static block query_block(const band *g, int64_t i)
+static block query_block(const band *g, int64_t j)
 {
     block b;
-    b.t0 = (block_count(g) - 1 - i) * g->tb;
+    b.t0 = j * g->tb;
     b.t1 = b.t0 + g->tb < g->T ? b.t0 + g->tb : g->T;
     b.c0 = win_lo(g, b.t0);
     b.c1 = win_hi(g, b.t1 - 1);
     return b;
 }
 
-static block key_block(const band *g, int64_t i)
+static block key_block(const band *g, int64_t j)
 {
     block b;
     int64_t T = g->T, s = g->s;
-    b.c0 = i * g->tb;
+    b.c0 = j * g->tb;
     b.c1 = b.c0 + g->tb < T ? b.c0 + g->tb : T;
-    /* queries t with lo(t) < c1 and hi(t) > c0 (s >= 1): t > c0 - s, and t >= c0 causally;
-     * t < c1 + s - 1 */
-    b.t0 = g->causal ? b.c0 : b.c0 - s + 1 > 0 ? b.c0 - s + 1 : 0;
+    /* queries t >= c1 + s - 1 have lo(t) >= c1: the block's keys are before their windows.
+     * Causal, queries t < c0 see none of them; otherwise queries t < c0 - s + 1 (t < c0 for
+     * window 0) have hi(t) <= c0: the keys are after their windows. */
+    int64_t before = s > 0 ? s - 1 : 0;
+    b.t0 = g->causal ? b.c0 : b.c0 - before > 0 ? b.c0 - before : 0;
     b.t1 = b.c1 + s - 1 < T ? b.c1 + s - 1 : T;
+    if (b.t1 < b.t0) b.t1 = b.t0;
     return b;
 }
 
@@ -159,8 +131,8 @@ static block key_block(const band *g, int64_t i)
 static int64_t block_scratch(const band *g)
 {
     int64_t most = 1;
-    for (int64_t i = 0; i < block_count(g); i++) {
-        block q = query_block(g, i), k = key_block(g, i);
+    for (int64_t j = 0; j < block_count(g); j++) {
+        block q = query_block(g, j), k = key_block(g, j);
         int64_t a = (q.t1 - q.t0) * (q.c1 - q.c0), b = (k.t1 - k.t0) * (k.c1 - k.c0);
         most = a > most ? a : most;
         most = b > most ? b : most;
@@ -168,87 +140,34 @@ static int64_t block_scratch(const band *g)
     return most;
 }
 
-enum { COLS = 64 }; /* columns per task of the running sums */
-
-/* Forward outside part, every row of ND [T,J] written:
- * ND[t] = out_scale[t] * (sum_{t' < lo(t)} X[t'] + sum_{t' >= hi(t)} X[t'] when not causal). */
-static void outside_forward(const band *g, const float *X, const float *out_scale, float *ND)
+/* P [t1 - t0, c1 - c0] for the queries [t0, t1) and keys [c0, c1): exp(w[t,t'] - r[t]) on
+ * query t's window; with outside, out_scale[t] (= exp(-r[t]), the weight of bias 0) on the
+ * allowed keys outside it; 0 elsewhere. Runs on the calling thread. */
+static void block_weights(const band *g, const float *w, const float *r, const float *osc,
+                          bool outside, block b, float *P)
 {
-    int64_t T = g->T, J = g->J, nchunks = (J + COLS - 1) / COLS;
-#pragma omp parallel for schedule(static) if (T * J > XT_PARALLEL_GRAIN && nchunks > 1)
-    for (int64_t ch = 0; ch < nchunks; ch++) {
-        int64_t j0 = ch * COLS, nj = J - j0 < COLS ? J - j0 : COLS;
-        double run[COLS] = {0};
-        int64_t next = 0; /* keys [0, next) are in run */
-        for (int64_t t = 0; t < T; t++) {
-            for (int64_t lo = win_lo(g, t); next < lo; next++) {
-                const float *x = X + next * J + j0;
+    int64_t width = b.c1 - b.c0;
+    for (int64_t t = b.t0; t < b.t1; t++) {
+        float *p = P + (t - b.t0) * width;
+        const float *wr = w + t * g->T + b.c0;
+        int64_t lo = win_lo(g, t) - b.c0, hi = win_hi(g, t) - b.c0;
+        lo = lo < 0 ? 0 : lo > width ? width : lo;
+        hi = hi < lo ? lo : hi > width ? width : hi;
+        float rt = r[t], before = outside ? osc[t] : 0.0f;
+        float after = outside && !g->causal ? osc[t] : 0.0f; /* causal: t' > t, not allowed */
+        for (int64_t j = 0; j < lo; j++) p[j] = before;
 #pragma omp simd
-                for (int64_t j = 0; j < nj; j++) run[j] += x[j];
-            }
-            float *o = ND + t * J + j0;
-            double sc = out_scale[t];
-#pragma omp simd
-            for (int64_t j = 0; j < nj; j++) o[j] = (float)(sc * run[j]);
-        }
-        if (g->causal) continue;
-        for (int64_t j = 0; j < nj; j++) run[j] = 0;
-        int64_t first = T; /* keys [first, T) are in run */
-        for (int64_t t = T - 1; t >= 0; t--) {
-            for (int64_t hi = win_hi(g, t); first > hi;) {
-                first--;
-                const float *x = X + first * J + j0;
-#pragma omp simd
-                for (int64_t j = 0; j < nj; j++) run[j] += x[j];
-            }
-            float *o = ND + t * J + j0;
-            double sc = out_scale[t];
-#pragma omp simd
-            for (int64_t j = 0; j < nj; j++) o[j] += (float)(sc * run[j]);
-        }
+        for (int64_t j = lo; j < hi; j++) p[j] = aft_exp(wr[j] - rt);
+        for (int64_t j = hi; j < width; j++) p[j] = after;
     }
 }
 
-/* Backward outside part, every row of Z [T,J] written: the transpose of outside_forward,
- * Z[t'] = sum over queries t that see key t' outside their window of out_scale[t] Y[t]. */
-static void outside_backward(const band *g, const float *Y, const float *out_scale, float *Z)
+/* Whether some query has keys outside its window (not so for AFT-full). */
+static bool any_outside(const band *g)
 {
-    int64_t T = g->T, J = g->J, nchunks = (J + COLS - 1) / COLS;
-#pragma omp parallel for schedule(static) if (T * J > XT_PARALLEL_GRAIN && nchunks > 1)
-    for (int64_t ch = 0; ch < nchunks; ch++) {
-        int64_t j0 = ch * COLS, nj = J - j0 < COLS ? J - j0 : COLS;
-        double run[COLS] = {0};
-        /* keys before the window: queries t with lo(t) > t', a suffix of t */
-        int64_t first = T; /* queries [first, T) are in run */
-        for (int64_t tk = T - 1; tk >= 0; tk--) {
-            while (first > 0 && win_lo(g, first - 1) > tk) {
-                first--;
-                const float *y = Y + first * J + j0;
-                double sc = out_scale[first];
-#pragma omp simd
-                for (int64_t j = 0; j < nj; j++) run[j] += sc * y[j];
-            }
-            float *o = Z + tk * J + j0;
-#pragma omp simd
-            for (int64_t j = 0; j < nj; j++) o[j] = (float)run[j];
-        }
-        if (g->causal) continue;
-        /* keys after the window: queries t with hi(t) <= t', a prefix of t */
-        for (int64_t j = 0; j < nj; j++) run[j] = 0;
-        int64_t next = 0; /* queries [0, next) are in run */
-        for (int64_t tk = 0; tk < T; tk++) {
-            while (next < T && win_hi(g, next) <= tk) {
-                const float *y = Y + next * J + j0;
-                double sc = out_scale[next];
-#pragma omp simd
-                for (int64_t j = 0; j < nj; j++) run[j] += sc * y[j];
-                next++;
-            }
-            float *o = Z + tk * J + j0;
-#pragma omp simd
-            for (int64_t j = 0; j < nj; j++) o[j] += (float)run[j];
-        }
-    }
+    for (int64_t t = 0; t < g->T; t++)
+        if (has_outside(g, t)) return true;
+    return false;
 }
 
 /* Exact output for one (b, t, c) whose scaled denominator underflowed: a direct sum over
@@ -274,72 +193,86 @@ static float direct_output(const band *g, const float *k, const float *v, const 
     return (float)(n / s);
 }
 
-/* ---- forward --------------------------------------------------------------------------
- * Writes y, A (the normalised context) and lam = log(den) relative to the offsets. */
-static xt_status band_forward(const band *g, const float *q, const float *k,
-                              const float *v, const float *w, float *y, float *A, float *lam)
-{
-    int64_t B = g->B, T = g->T, D = g->D, J = g->J;
-    xt_tensor *hold[6] = {NULL};
-    float *m = aft_buffer(&hold[0], B * D), *r = aft_buffer(&hold[1], T);
-    float *osc = aft_buffer(&hold[2], T), *X = aft_buffer(&hold[3], T * J);
-    int nt = omp_get_max_threads();
-    int64_t per_thread = block_scratch(g);
-    float *ND = aft_buffer(&hold[4], T * J), *P = aft_buffer(&hold[5], per_thread * nt);
-    if (!m || !r || !osc || !X || !ND || !P) {
-        aft_release(6, hold);
-        return xt_last_status();
-    }
-    column_max(k, B, T, D, m);
-    row_offsets(g, w, r, osc);
+/* ---- forward --------------------------------------------------------------------------- */
 
-    /* X [T,J]: [E V | E] per batch item */
+/* m [B*D]: the max of each channel of k over time; X [T,J] = [E V | E] per batch item; with
+ * out [nb,J] (double), the sum of X over the keys outside query block j's key range that
+ * its queries may see: t' < c0(j), and t' >= c1(j) when not causal. One task per batch
+ * item and group of channels, scanning time (aft.h). */
+static void forward_prepare(const band *g, const float *k, const float *v, float *m, float *X,
+                            double *out)
+{
+    int64_t B = g->B, T = g->T, D = g->D, J = g->J, nb = block_count(g);
+    int64_t cols = aft_group_width(B, D), nch = (D + cols - 1) / cols;
 #pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t b = 0; b < B; b++) {
-            const float *kr = k + (b * T + t) * D, *vr = v + (b * T + t) * D, *mb = m + b * D;
-            float *x = X + t * J + b * 2 * D;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t ch = 0; ch < nch; ch++) {
+            int64_t c0 = ch * cols, nc = D - c0 < cols ? D - c0 : cols, col = b * 2 * D + c0;
+            float mx[AFT_GROUP];
+            for (int64_t c = 0; c < nc; c++) mx[c] = -INFINITY;
+            for (int64_t t = 0; t < T; t++) {
+                const float *kr = k + (b * T + t) * D + c0;
 #pragma omp simd
-            for (int64_t c = 0; c < D; c++) {
-                float e = aft_exp(kr[c] - mb[c]);
-                x[c] = e * vr[c];
-                x[D + c] = e;
+                for (int64_t c = 0; c < nc; c++) mx[c] = kr[c] > mx[c] ? kr[c] : mx[c];
+            }
+            for (int64_t c = 0; c < nc; c++) m[b * D + c0 + c] = mx[c];
+            double rn[AFT_GROUP] = {0}, rd[AFT_GROUP] = {0}; /* keys [0, t) */
+            int64_t j = 0;
+            for (int64_t t = 0; t < T; t++) {
+                for (; out && j < nb && query_block(g, j).c0 <= t; j++)
+                    for (int64_t c = 0; c < nc; c++) {
+                        out[j * J + col + c] = rn[c];
+                        out[j * J + col + D + c] = rd[c];
+                    }
+                const float *kr = k + (b * T + t) * D + c0, *vr = v + (b * T + t) * D + c0;
+                float *x = X + t * J + col;
+#pragma omp simd
+                for (int64_t c = 0; c < nc; c++) {
+                    float e = aft_exp(kr[c] - mx[c]), ev = e * vr[c];
+                    x[c] = ev;
+                    x[D + c] = e;
+                    rn[c] += ev;
+                    rd[c] += e;
+                }
+            }
+            if (!out || g->causal) continue;
+            /* not causal: plus the keys from c1(j) on, by a reverse scan */
+            for (int64_t c = 0; c < nc; c++) rn[c] = rd[c] = 0; /* keys (t, T) */
+            j = nb - 1;
+            for (int64_t t = T - 1; t >= -1; t--) {
+                for (; j >= 0 && query_block(g, j).c1 > t; j--)
+                    for (int64_t c = 0; c < nc; c++) {
+                        out[j * J + col + c] += rn[c];
+                        out[j * J + col + D + c] += rd[c];
+                    }
+                if (t < 0) break;
+                const float *x = X + t * J + col;
+#pragma omp simd
+                for (int64_t c = 0; c < nc; c++) {
+                    rn[c] += x[c];
+                    rd[c] += x[D + c];
+                }
             }
         }
+}
 
-    bool outside = false;
-    for (int64_t t = 0; t < T && !outside; t++) outside = has_outside(g, t);
-    if (outside) outside_forward(g, X, osc, ND);
-    /* ND[t0:t1] (+)= P_blk X[c0:c1] per query block */
-    float beta = outside ? 1.0f : 0.0f;
-    bool parallel_blocks = block_count(g) > 1 && T * J > XT_PARALLEL_GRAIN;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (parallel_blocks)
-    for (int64_t i = 0; i < block_count(g); i++) {
-        block b = query_block(g, i);
-        float *Pt = P + omp_get_thread_num() * per_thread;
-        if (b.c1 == b.c0) {
-            if (!outside) memset(ND + b.t0 * J, 0, sizeof(float) * (size_t)((b.t1 - b.t0) * J));
-            continue;
-        }
-        band_weights(g, w, r, b.t0, b.t1, b.c0, b.c1, Pt);
-        xt_sgemm(false, false, b.t1 - b.t0, J, b.c1 - b.c0, 1.0f, Pt, b.c1 - b.c0, X + b.c0 * J,
-                 J, beta, ND + b.t0 * J, J);
-    }
-
-    /* A = num / den, y = sigmoid(q) A; count the outputs whose den underflowed */
-    int64_t flagged = 0;
-#pragma omp parallel for collapse(2) schedule(static) reduction(+ : flagged) \
-    if (B * T * D > XT_PARALLEL_GRAIN)
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++) {
-            const float *nd = ND + t * J + b * 2 * D;
+/* Rows [t0, t1) of the outputs from the block's sums nd [t1 - t0, J]: A = num / den,
+ * y = sigmoid(q) A, lam = log(den). Returns the count of outputs whose den underflowed
+ * (A = 0, lam = -inf, left to direct_output). */
+static int64_t block_outputs(const band *g, const float *q, const float *nd, int64_t t0,
+                             int64_t t1, float *y, float *A, float *lam)
+{
+    int64_t T = g->T, D = g->D, J = g->J, flagged = 0;
+    for (int64_t b = 0; b < g->B; b++)
+        for (int64_t t = t0; t < t1; t++) {
+            const float *num = nd + (t - t0) * J + b * 2 * D;
             int64_t o = (b * T + t) * D;
             int64_t bad = 0;
 #pragma omp simd reduction(+ : bad)
             for (int64_t c = 0; c < D; c++) {
-                float den = nd[D + c];
+                float den = num[D + c];
                 bool ok = den >= AFT_TINY;
-                float a = ok ? nd[c] / den : 0.0f;
+                float a = ok ? num[c] / den : 0.0f;
                 A[o + c] = a;
                 lam[o + c] = ok ? aft_log(den) : -INFINITY;
                 y[o + c] = aft_sigmoid(q[o + c]) * a;
@@ -347,6 +280,58 @@ static xt_status band_forward(const band *g, const float *q, const float *k,
             }
             flagged += bad;
         }
+    return flagged;
+}
+
+/* Writes y, A (the normalised context) and lam = log(den) relative to the offsets. */
+static xt_status band_forward(const band *g, const float *q, const float *k,
+                              const float *v, const float *w, float *y, float *A, float *lam)
+{
+    int64_t B = g->B, T = g->T, D = g->D, J = g->J, nb = block_count(g);
+    bool outside = any_outside(g);
+    int nt = omp_get_max_threads();
+    int64_t per_thread = block_scratch(g);
+    xt_tensor *hold[7] = {NULL};
+    float *m = aft_buffer(&hold[0], B * D), *r = aft_buffer(&hold[1], T);
+    float *osc = aft_buffer(&hold[2], T), *X = aft_buffer(&hold[3], T * J);
+    float *ND = aft_buffer(&hold[4], g->tb * J * nt), *P = aft_buffer(&hold[5], per_thread * nt);
+    double *out = outside ? (double *)aft_buffer(&hold[6], 2 * nb * J) : NULL; /* [nb,J] */
+    if (!m || !r || !osc || !X || !ND || !P || (outside && !out)) {
+        aft_release(7, hold);
+        return xt_last_status();
+    }
+    row_offsets(g, w, r, osc);
+    forward_prepare(g, k, v, m, X, out);
+
+    /* per query block: nd = out_scale (the sums beyond the block's keys), then += P_blk
+     * X[c0:c1], then the outputs; largest blocks (causal AFT-full's last) first */
+    int64_t flagged = 0;
+    bool parallel_blocks = nb > 1 && T * J > XT_PARALLEL_GRAIN;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) reduction(+ : flagged) \
+    if (parallel_blocks)
+    for (int64_t i = 0; i < nb; i++) {
+        block b = query_block(g, nb - 1 - i);
+        int tid = omp_get_thread_num();
+        float *Pt = P + tid * per_thread, *nd = ND + tid * g->tb * J;
+        int64_t tn = b.t1 - b.t0, width = b.c1 - b.c0;
+        if (outside) {
+            const double *o = out + (nb - 1 - i) * J;
+            for (int64_t t = b.t0; t < b.t1; t++) {
+                float *row = nd + (t - b.t0) * J;
+                double sc = osc[t];
+#pragma omp simd
+                for (int64_t j = 0; j < J; j++) row[j] = (float)(sc * o[j]);
+            }
+        }
+        if (width > 0) {
+            block_weights(g, w, r, osc, outside, b, Pt);
+            xt_sgemm(false, false, tn, J, width, 1.0f, Pt, width, X + b.c0 * J, J,
+                     outside ? 1.0f : 0.0f, nd, J);
+        } else if (!outside) {
+            memset(nd, 0, sizeof(float) * (size_t)(tn * J));
+        }
+        flagged += block_outputs(g, q, nd, b.t0, b.t1, y, A, lam);
+    }
     if (flagged > 0) {
 #pragma omp parallel for schedule(dynamic, 1)
         for (int64_t t = 0; t < T; t++)
@@ -358,7 +343,7 @@ static xt_status band_forward(const band *g, const float *q, const float *k,
                     y[o] = aft_sigmoid(q[o]) * A[o];
                 }
     }
-    aft_release(6, hold);
+    aft_release(7, hold);
     return XT_OK;
 }
 
@@ -410,133 +395,206 @@ static void direct_backward(const band *g, const float *q, const float *k, const
 }
 
 typedef struct band_grads {
-    float *dq, *dk, *dv, *dw; /* NULL when not needed; dw zero-filled by the caller */
+    float *dq, *dk, *dv, *dw; /* NULL when not needed */
 } band_grads;
+
+/* dq; with Y, X: m [B*D] as in the forward, Y [T,J] = [Hn | Hn A] (0 for the outputs left to
+ * direct_backward), X [T,J] = [E V | -E]; with zout [nb,J] (double), the sum of
+ * out_scale[t] Y[t] over the queries outside key block j's query range, all of which see
+ * its keys outside their windows: t >= t1(j), and t < t0(j) when not causal. One task per
+ * batch item and group of channels, scanning time backwards (aft.h). Returns the count of outputs
+ * whose den underflowed. */
+static int64_t backward_prepare(const band *g, const float *q, const float *k, const float *v,
+                                const float *A, const float *lam, const float *G,
+                                const float *osc, float *dq, float *m, float *Y, float *X,
+                                double *zout)
+{
+    int64_t B = g->B, T = g->T, D = g->D, J = g->J, nb = block_count(g);
+    int64_t cols = aft_group_width(B, D), nch = (D + cols - 1) / cols, flagged = 0;
+#pragma omp parallel for collapse(2) schedule(static) reduction(+ : flagged) \
+    if (B * T * D > XT_PARALLEL_GRAIN)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t ch = 0; ch < nch; ch++) {
+            int64_t c0 = ch * cols, nc = D - c0 < cols ? D - c0 : cols, col = b * 2 * D + c0;
+            float mx[AFT_GROUP];
+            if (Y) {
+                for (int64_t c = 0; c < nc; c++) mx[c] = -INFINITY;
+                for (int64_t t = 0; t < T; t++) {
+                    const float *kr = k + (b * T + t) * D + c0;
+#pragma omp simd
+                    for (int64_t c = 0; c < nc; c++) mx[c] = kr[c] > mx[c] ? kr[c] : mx[c];
+                }
+                for (int64_t c = 0; c < nc; c++) m[b * D + c0 + c] = mx[c];
+            }
+            double r1[AFT_GROUP] = {0}, r2[AFT_GROUP] = {0}; /* queries (t, T) */
+            int64_t j = nb - 1;
+            for (int64_t t = T - 1; t >= 0; t--) {
+                for (; zout && j >= 0 && key_block(g, j).t1 > t; j--)
+                    for (int64_t c = 0; c < nc; c++) {
+                        zout[j * J + col + c] = r1[c];
+                        zout[j * J + col + D + c] = r2[c];
+                    }
+                int64_t o = (b * T + t) * D + c0;
+                const float *qr = q + o, *ar = A + o, *gr = G + o, *lr = lam + o;
+                if (!Y) {
+                    if (!dq) continue;
+#pragma omp simd
+                    for (int64_t c = 0; c < nc; c++) {
+                        float s = aft_sigmoid(qr[c]);
+                        dq[o + c] = gr[c] * ar[c] * s * (1.0f - s);
+                    }
+                    continue;
+                }
+                const float *kr = k + o, *vr = v + o;
+                float *y = Y + t * J + col, *x = X + t * J + col;
+                float sc = osc[t];
+                int64_t bad = 0;
+#pragma omp simd reduction(+ : bad)
+                for (int64_t c = 0; c < nc; c++) {
+                    float s = aft_sigmoid(qr[c]);
+                    if (dq) dq[o + c] = gr[c] * ar[c] * s * (1.0f - s);
+                    bool ok = lr[c] >= AFT_LOG_TINY;
+                    float hn = ok ? gr[c] * s * aft_exp(-lr[c]) : 0.0f;
+                    float e = aft_exp(kr[c] - mx[c]);
+                    y[c] = hn;
+                    y[D + c] = hn * ar[c];
+                    x[c] = e * vr[c];
+                    x[D + c] = -e;
+                    r1[c] += sc * hn;
+                    r2[c] += sc * (hn * ar[c]);
+                    bad += !ok;
+                }
+                flagged += bad;
+            }
+            for (; zout && j >= 0; j--)
+                for (int64_t c = 0; c < nc; c++) {
+                    zout[j * J + col + c] = r1[c];
+                    zout[j * J + col + D + c] = r2[c];
+                }
+            if (!zout || g->causal) continue;
+            /* not causal: plus the queries before t0(j), by a forward scan */
+            for (int64_t c = 0; c < nc; c++) r1[c] = r2[c] = 0; /* queries [0, t) */
+            j = 0;
+            for (int64_t t = 0; t <= T; t++) {
+                for (; j < nb && key_block(g, j).t0 <= t; j++)
+                    for (int64_t c = 0; c < nc; c++) {
+                        zout[j * J + col + c] += r1[c];
+                        zout[j * J + col + D + c] += r2[c];
+                    }
+                if (t == T) break;
+                const float *y = Y + t * J + col;
+                double sc = osc[t];
+#pragma omp simd
+                for (int64_t c = 0; c < nc; c++) {
+                    r1[c] += sc * y[c];
+                    r2[c] += sc * y[D + c];
+                }
+            }
+        }
+    return flagged;
+}
+
+/* dv and dk for the keys [c0, c1) from their rows z [c1 - c0, J] of Z = [U | W2] and X. */
+static void block_key_grads(const band *g, const float *X, const float *z, int64_t c0,
+                            int64_t c1, float *dk, float *dv)
+{
+    int64_t T = g->T, D = g->D, J = g->J;
+    for (int64_t b = 0; b < g->B; b++)
+        for (int64_t t = c0; t < c1; t++) {
+            int64_t o = (b * T + t) * D;
+            const float *x = X + t * J + b * 2 * D, *u = z + (t - c0) * J + b * 2 * D;
+            if (dv) {
+#pragma omp simd
+                for (int64_t c = 0; c < D; c++) dv[o + c] = -x[D + c] * u[c]; /* E U */
+            }
+            if (dk) {
+#pragma omp simd
+                for (int64_t c = 0; c < D; c++) dk[o + c] = x[c] * u[c] + x[D + c] * u[D + c];
+            }
+        }
+}
 
 static xt_status band_backward_kernel(const band *g, const float *q,
                                       const float *k, const float *v, const float *w,
                                       const float *A, const float *lam, const float *G,
                                       band_grads d)
 {
-    int64_t B = g->B, T = g->T, D = g->D, J = g->J;
+    int64_t B = g->B, T = g->T, D = g->D, J = g->J, nb = block_count(g);
     bool need_kv = d.dk || d.dv, need_w = d.dw != NULL;
-    bool need_Y = need_kv || need_w;
-    xt_tensor *hold[7] = {NULL};
-    float *m = aft_buffer(&hold[0], B * D), *r = aft_buffer(&hold[1], T);
-    float *osc = aft_buffer(&hold[2], T);
-    float *Y = need_Y ? aft_buffer(&hold[3], T * J) : NULL;      /* [T,J] */
-    float *Z = need_kv ? aft_buffer(&hold[4], T * J) : NULL;     /* [T,J] */
-    float *X = need_w ? aft_buffer(&hold[5], T * J) : NULL;      /* [T,J] */
+    bool need_Y = need_kv || need_w, outside = any_outside(g);
     int nt = omp_get_max_threads();
     int64_t per_thread = block_scratch(g);
-    float *P = need_Y ? aft_buffer(&hold[6], per_thread * nt) : NULL;
-    if (!m || !r || !osc || (need_Y && (!Y || !P)) || (need_kv && !Z) || (need_w && !X)) {
-        aft_release(7, hold);
+    xt_tensor *hold[8] = {NULL};
+    float *m = aft_buffer(&hold[0], B * D), *r = aft_buffer(&hold[1], T);
+    float *osc = aft_buffer(&hold[2], T);
+    float *Y = need_Y ? aft_buffer(&hold[3], T * J) : NULL; /* [T,J] */
+    float *X = need_Y ? aft_buffer(&hold[4], T * J) : NULL; /* [T,J] */
+    float *P = need_Y ? aft_buffer(&hold[5], per_thread * nt) : NULL;
+    float *Z = need_kv ? aft_buffer(&hold[6], g->tb * J * nt) : NULL; /* [Tb,J] per thread */
+    double *zout = need_kv && outside ? (double *)aft_buffer(&hold[7], 2 * nb * J) : NULL;
+    if (!m || !r || !osc || (need_Y && (!Y || !X || !P)) || (need_kv && !Z) ||
+        (need_kv && outside && !zout)) {
+        aft_release(8, hold);
         return xt_last_status();
     }
-    column_max(k, B, T, D, m);
     row_offsets(g, w, r, osc);
-
-    /* dq; Y [T,J] = [Hn | Hn A], zero for outputs handled by direct_backward; X [T,J] =
-     * [E V | -E] for dw */
-    int64_t flagged = 0;
-#pragma omp parallel for collapse(2) schedule(static) reduction(+ : flagged) \
-    if (B * T * D > XT_PARALLEL_GRAIN)
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t b = 0; b < B; b++) {
-            int64_t o = (b * T + t) * D;
-            const float *qr = q + o, *ar = A + o, *gr = G + o, *lr = lam + o;
-            if (d.dq) {
-#pragma omp simd
-                for (int64_t c = 0; c < D; c++) {
-                    float s = aft_sigmoid(qr[c]);
-                    d.dq[o + c] = gr[c] * ar[c] * s * (1.0f - s);
-                }
-            }
-            if (need_Y) {
-                float *y = Y + t * J + b * 2 * D;
-                int64_t bad = 0;
-#pragma omp simd reduction(+ : bad)
-                for (int64_t c = 0; c < D; c++) {
-                    bool ok = lr[c] >= AFT_LOG_TINY;
-                    float hn = ok ? gr[c] * aft_sigmoid(qr[c]) * aft_exp(-lr[c]) : 0.0f;
-                    y[c] = hn;
-                    y[D + c] = hn * ar[c];
-                    bad += !ok;
-                }
-                flagged += bad;
-            }
-            if (need_w) {
-                const float *kr = k + o, *vr = v + o, *mb = m + b * D;
-                float *x = X + t * J + b * 2 * D;
-#pragma omp simd
-                for (int64_t c = 0; c < D; c++) {
-                    float e = aft_exp(kr[c] - mb[c]);
-                    x[c] = e * vr[c];
-                    x[D + c] = -e;
-                }
-            }
-        }
-
-    if (need_Y) {
-        bool outside = false;
-        for (int64_t t = 0; t < T && !outside; t++) outside = has_outside(g, t);
-        if (need_kv) {
-            if (outside) outside_backward(g, Y, osc, Z);
-            else memset(Z, 0, sizeof(float) * (size_t)(T * J));
-        }
-        bool parallel_blocks = block_count(g) > 1 && T * J > XT_PARALLEL_GRAIN;
-        if (g->s > 0 && need_kv) {
-            /* Z[c0:c1] += P[t0:t1, c0:c1]^T Y[t0:t1] per key block */
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (parallel_blocks)
-            for (int64_t i = 0; i < block_count(g); i++) {
-                block b = key_block(g, i);
-                float *Pt = P + omp_get_thread_num() * per_thread;
-                int64_t kn = b.c1 - b.c0;
-                band_weights(g, w, r, b.t0, b.t1, b.c0, b.c1, Pt);
-                xt_sgemm(true, false, kn, J, b.t1 - b.t0, 1.0f, Pt, kn, Y + b.t0 * J, J, 1.0f,
-                         Z + b.c0 * J, J);
-            }
-        }
-        if (g->s > 0 && need_w) {
-            /* dw[t0:t1, c0:c1] = P_blk * (Y[t0:t1] [E V | -E][c0:c1]^T) per query block */
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (parallel_blocks)
-            for (int64_t i = 0; i < block_count(g); i++) {
-                block b = query_block(g, i);
-                float *Pt = P + omp_get_thread_num() * per_thread;
-                int64_t tn = b.t1 - b.t0, width = b.c1 - b.c0;
-                float *dw0 = d.dw + b.t0 * T + b.c0;
-                band_weights(g, w, r, b.t0, b.t1, b.c0, b.c1, Pt);
-                xt_sgemm(false, true, tn, width, J, 1.0f, Y + b.t0 * J, J, X + b.c0 * J, J,
-                         0.0f, dw0, T);
-                for (int64_t row = 0; row < tn; row++) {
-                    float *o = dw0 + row * T;
-                    const float *p = Pt + row * width;
-#pragma omp simd
-                    for (int64_t j = 0; j < width; j++) o[j] *= p[j];
-                }
-            }
-        }
-    }
+    int64_t flagged = backward_prepare(g, q, k, v, A, lam, G, osc, d.dq, m, Y, X, zout);
+    bool parallel_blocks = nb > 1 && T * J > XT_PARALLEL_GRAIN;
 
     if (need_kv) {
-#pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t t = 0; t < T; t++) {
-                int64_t o = (b * T + t) * D;
-                const float *kr = k + o, *vr = v + o, *mb = m + b * D;
-                const float *u = Z + t * J + b * 2 * D, *u2 = u + D;
-                const float *negE = X ? X + t * J + b * 2 * D + D : NULL; /* -E, when made */
+        /* per key block: z = the running sums, += P[t0:t1, c0:c1]^T Y[t0:t1], then dk, dv */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (parallel_blocks)
+        for (int64_t j = 0; j < nb; j++) {
+            block b = key_block(g, j);
+            int tid = omp_get_thread_num();
+            float *Pt = P + tid * per_thread, *z = Z + tid * g->tb * J;
+            int64_t kn = b.c1 - b.c0, tn = b.t1 - b.t0;
+            if (outside) {
+                const double *o = zout + j * J;
+                for (int64_t t = 0; t < kn; t++) {
+                    float *row = z + t * J;
 #pragma omp simd
-                for (int64_t c = 0; c < D; c++) {
-                    float e = negE ? -negE[c] : aft_exp(kr[c] - mb[c]);
-                    if (d.dv) d.dv[o + c] = e * u[c];
-                    if (d.dk) d.dk[o + c] = e * (vr[c] * u[c] - u2[c]);
+                    for (int64_t x = 0; x < J; x++) row[x] = (float)o[x];
                 }
             }
+            if (tn > 0) {
+                block_weights(g, w, r, osc, outside, b, Pt);
+                xt_sgemm(true, false, kn, J, tn, 1.0f, Pt, kn, Y + b.t0 * J, J,
+                         outside ? 1.0f : 0.0f, z, J);
+            } else if (!outside) {
+                memset(z, 0, sizeof(float) * (size_t)(kn * J));
+            }
+            block_key_grads(g, X, z, b.c0, b.c1, d.dk, d.dv);
+        }
+    }
+    if (need_w) {
+        /* dw[t0:t1, c0:c1] = P_blk * (Y[t0:t1] [E V | -E][c0:c1]^T) per query block (the
+         * window only: the bias outside it is the constant 0); the rest of the rows 0 */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (parallel_blocks)
+        for (int64_t i = 0; i < nb; i++) {
+            block b = query_block(g, nb - 1 - i);
+            float *Pt = P + omp_get_thread_num() * per_thread;
+            int64_t tn = b.t1 - b.t0, width = g->s > 0 ? b.c1 - b.c0 : 0;
+            for (int64_t t = b.t0; t < b.t1; t++) {
+                float *row = d.dw + t * T;
+                memset(row, 0, sizeof(float) * (size_t)(width > 0 ? b.c0 : T));
+                if (width > 0) memset(row + b.c1, 0, sizeof(float) * (size_t)(T - b.c1));
+            }
+            if (width == 0) continue;
+            float *dw0 = d.dw + b.t0 * T + b.c0;
+            block_weights(g, w, r, osc, false, b, Pt);
+            xt_sgemm(false, true, tn, width, J, 1.0f, Y + b.t0 * J, J, X + b.c0 * J, J, 0.0f,
+                     dw0, T);
+            for (int64_t row = 0; row < tn; row++) {
+                float *o = dw0 + row * T;
+                const float *p = Pt + row * width;
+#pragma omp simd
+                for (int64_t j = 0; j < width; j++) o[j] *= p[j];
+            }
+        }
     }
     if (flagged > 0) direct_backward(g, q, k, v, w, A, lam, G, m, r, d.dk, d.dv, d.dw);
-    aft_release(7, hold);
+    aft_release(8, hold);
     return XT_OK;
 }
 
@@ -558,7 +616,7 @@ static xt_status aft_bias_backward(xt_node *node, xt_tensor *dout, xt_tensor **d
     bool ok = gc != NULL;
     for (int32_t i = 0; i < 4 && ok; i++) {
         if (!xt_node_needs(node, i)) continue;
-        dt[i] = i == 3 ? xt_zeros(2, w->shape, XT_FLOAT32) : xt_empty(3, q->shape, XT_FLOAT32);
+        dt[i] = i == 3 ? xt_empty(2, w->shape, XT_FLOAT32) : xt_empty(3, q->shape, XT_FLOAT32);
         ok = dt[i] != NULL;
     }
     if (ok) {

@@ -5,8 +5,8 @@
  *
  * q, k, v, y [B,T,D]. Non-causal, the context is one D-vector per batch item; causal,
  * the sums run over t' <= t and the context is a running (online-softmax) scan. Both are
- * O(B T D) with one exp per element; the work is split over batch items and blocks of
- * COLS channels (each block scans time with a contiguous inner loop over its channels).
+ * O(B T D) with one exp per element; the work is split over batch items and groups of
+ * channels (each scans time with a contiguous inner loop over its channels; aft.h).
  *
  * Causal scan per channel, state (m, n, s) in double: m' = max(m, k_t),
  *   n = n e^(m - m') + e^(k_t - m') v_t,  s = s e^(m - m') + e^(k_t - m'),  A_t = n / s;
@@ -22,7 +22,6 @@
  */
 #include "aft.h"
 
-enum { COLS = 64 }; /* channels per task */
 
 /* ---- non-causal ------------------------------------------------------------------- */
 
@@ -30,13 +29,13 @@ enum { COLS = 64 }; /* channels per task */
 static void simple_forward(const float *q, const float *k, const float *v, int64_t B,
                            int64_t T, int64_t D, float *a, float *L, float *y)
 {
-    int64_t nch = (D + COLS - 1) / COLS;
+    int64_t cols = aft_group_width(B, D), nch = (D + cols - 1) / cols;
 #pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
     for (int64_t b = 0; b < B; b++)
         for (int64_t ch = 0; ch < nch; ch++) {
-            int64_t c0 = ch * COLS, nc = D - c0 < COLS ? D - c0 : COLS;
-            float m[COLS];
-            double s[COLS] = {0}, n[COLS] = {0};
+            int64_t c0 = ch * cols, nc = D - c0 < cols ? D - c0 : cols;
+            float m[AFT_GROUP];
+            double s[AFT_GROUP] = {0}, n[AFT_GROUP] = {0};
             for (int64_t c = 0; c < nc; c++) m[c] = -INFINITY;
             for (int64_t t = 0; t < T; t++) {
                 const float *kr = k + (b * T + t) * D + c0;
@@ -69,14 +68,14 @@ static void simple_backward(const float *q, const float *k, const float *v, cons
                             const float *L, const float *G, int64_t B, int64_t T, int64_t D,
                             float *dq, float *dk, float *dv)
 {
-    int64_t nch = (D + COLS - 1) / COLS;
+    int64_t cols = aft_group_width(B, D), nch = (D + cols - 1) / cols;
 #pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
     for (int64_t b = 0; b < B; b++)
         for (int64_t ch = 0; ch < nch; ch++) {
-            int64_t c0 = ch * COLS, nc = D - c0 < COLS ? D - c0 : COLS;
+            int64_t c0 = ch * cols, nc = D - c0 < cols ? D - c0 : cols;
             const float *ab = a + b * D + c0, *Lb = L + b * D + c0;
-            double hs[COLS] = {0};
-            float h[COLS];
+            double hs[AFT_GROUP] = {0};
+            float h[AFT_GROUP];
             for (int64_t t = 0; t < T; t++) {
                 int64_t o = (b * T + t) * D + c0;
 #pragma omp simd
@@ -106,13 +105,13 @@ static void simple_backward(const float *q, const float *k, const float *v, cons
 static void simple_causal_forward(const float *q, const float *k, const float *v, int64_t B,
                                   int64_t T, int64_t D, float *A, float *alpha, float *y)
 {
-    int64_t nch = (D + COLS - 1) / COLS;
+    int64_t cols = aft_group_width(B, D), nch = (D + cols - 1) / cols;
 #pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
     for (int64_t b = 0; b < B; b++)
         for (int64_t ch = 0; ch < nch; ch++) {
-            int64_t c0 = ch * COLS, nc = D - c0 < COLS ? D - c0 : COLS;
-            float m[COLS];
-            double s[COLS] = {0}, n[COLS] = {0};
+            int64_t c0 = ch * cols, nc = D - c0 < cols ? D - c0 : cols;
+            float m[AFT_GROUP];
+            double s[AFT_GROUP] = {0}, n[AFT_GROUP] = {0};
             for (int64_t c = 0; c < nc; c++) m[c] = -INFINITY;
             for (int64_t t = 0; t < T; t++) {
                 int64_t o = (b * T + t) * D + c0;
@@ -140,13 +139,13 @@ static void simple_causal_backward(const float *q, const float *k, const float *
                                    int64_t B, int64_t T, int64_t D, float *dq, float *dk,
                                    float *dv)
 {
-    int64_t nch = (D + COLS - 1) / COLS;
+    int64_t cols = aft_group_width(B, D), nch = (D + cols - 1) / cols;
 #pragma omp parallel for collapse(2) schedule(static) if (B * T * D > XT_PARALLEL_GRAIN)
     for (int64_t b = 0; b < B; b++)
         for (int64_t ch = 0; ch < nch; ch++) {
-            int64_t c0 = ch * COLS, nc = D - c0 < COLS ? D - c0 : COLS;
-            double r1[COLS] = {0}, r2[COLS] = {0};
-            float keep[COLS]; /* 1 - alpha_{t+1}; 0 past the end */
+            int64_t c0 = ch * cols, nc = D - c0 < cols ? D - c0 : cols;
+            double r1[AFT_GROUP] = {0}, r2[AFT_GROUP] = {0};
+            float keep[AFT_GROUP]; /* 1 - alpha_{t+1}; 0 past the end */
             for (int64_t c = 0; c < nc; c++) keep[c] = 0.0f;
             for (int64_t t = T - 1; t >= 0; t--) {
                 int64_t o = (b * T + t) * D + c0;

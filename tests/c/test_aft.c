@@ -316,6 +316,109 @@ static void test_bias_long(void)
     }
 }
 
+/* Gradients of sum(y * G) by the element-wise formulas (research notes section 5), in
+ * double: alpha = exp(k[t'] + w'[t,t'] - L_t), H = G sigmoid(q),
+ * dv[t'] += H alpha, dk[t'] += H alpha (v[t'] - A_t), dw[t,t'] += the same on the window. */
+static void ref_bias_grads(const bias_case *c, double *const *in, const double *G, double *dq,
+                           double *dk, double *dv, double *dw)
+{
+    const double *q = in[0], *k = in[1], *v = in[2], *w = in[3];
+    int64_t T = c->T, D = c->D, n = c->B * T * D, s = c->kind == FULL ? T : c->window;
+    memset(dk, 0, sizeof(double) * (size_t)n);
+    memset(dv, 0, sizeof(double) * (size_t)n);
+    memset(dw, 0, sizeof(double) * (size_t)(T * T));
+    double *alpha = malloc(sizeof(double) * (size_t)T);
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t ch = 0; ch < D; ch++) {
+                int64_t end = c->causal ? t + 1 : T, o = (b * T + t) * D + ch;
+                double M = -INFINITY, sum = 0, num = 0;
+                for (int64_t tk = 0; tk < end; tk++)
+                    M = fmax(M, k[(b * T + tk) * D + ch] + ref_bias_at(c, w, t, tk));
+                for (int64_t tk = 0; tk < end; tk++) {
+                    alpha[tk] = exp(k[(b * T + tk) * D + ch] + ref_bias_at(c, w, t, tk) - M);
+                    sum += alpha[tk];
+                    num += alpha[tk] * v[(b * T + tk) * D + ch];
+                }
+                double A = num / sum, sg = sigmoid_d(q[o]), H = G[o] * sg;
+                dq[o] = G[o] * A * sg * (1 - sg);
+                for (int64_t tk = 0; tk < end; tk++) {
+                    int64_t ok = (b * T + tk) * D + ch;
+                    double g = H * alpha[tk] / sum;
+                    dv[ok] += g;
+                    dk[ok] += g * (v[ok] - A);
+                    bool in_window = c->causal ? t - tk < s : llabs(t - tk) < s;
+                    if (in_window) dw[t * T + tk] += g * (v[ok] - A);
+                }
+            }
+    free(alpha);
+}
+
+/* Several GEMM blocks of either kind, partial last blocks, channel counts that do not
+ * fill the passes' channel groups, windows 0 and 1, keys outside the blocks both sides:
+ * values and all four gradients against ref_bias_grads; and the same results on 1 and 2
+ * threads up to rounding (each block's sums are made by one thread in a fixed order, but
+ * an op too small to split into blocks lets OpenBLAS thread its GEMMs). */
+static void test_bias_long_grads(void)
+{
+    const bias_case cases[] = {
+        {LOCAL, 2, 333, 37, 50, 1}, {LOCAL, 2, 333, 37, 50, 0}, {LOCAL, 1, 301, 5, 0, 1},
+        {LOCAL, 1, 301, 5, 0, 0},   {LOCAL, 1, 257, 33, 1, 1},  {LOCAL, 1, 257, 33, 1, 0},
+        {LOCAL, 2, 200, 3, 130, 1}, {LOCAL, 2, 200, 3, 130, 0}, {FULL, 1, 300, 6, 0, 1},
+        {FULL, 1, 300, 6, 0, 0},
+    };
+    int32_t threads = xt_get_num_threads();
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const bias_case *c = &cases[i];
+        char what[160];
+        describe(what, sizeof what, c, "");
+        xt_tensor *in[4];
+        make_bias_inputs(c, 2.0, 1.0, in);
+        xt_tensor *G = NULL, *got[2][5] = {{NULL}};
+        for (int run = 0; run < 2; run++) {
+            xt_set_num_threads(run == 0 ? 1 : 2);
+            for (int j = 0; j < 4; j++) xt_set_requires_grad(in[j], 1);
+            got[run][4] = op_bias(in, c);
+            if (!G) G = test_randn(3, got[run][4]->shape, 1, 0);
+            CHECK(xt_backward(got[run][4], G, 0) == XT_OK);
+            for (int j = 0; j < 4; j++) {
+                got[run][j] = in[j]->grad;
+                if (got[run][j]) xt_tensor_retain(got[run][j]);
+                xt_set_grad(in[j], NULL);
+                xt_set_requires_grad(in[j], 0);
+            }
+        }
+        xt_set_num_threads(threads);
+        for (int j = 0; j < 5; j++) CHECK(got[0][j] && test_close(what, got[0][j], got[1][j], 1e-6));
+
+        int64_t n = c->B * c->T * c->D, sizes[5] = {n, n, n, c->T * c->T, n};
+        double *d[4], *Gd = to_double(G), *want[5];
+        for (int j = 0; j < 4; j++) d[j] = to_double(in[j]);
+        for (int j = 0; j < 5; j++) want[j] = malloc(sizeof(double) * (size_t)sizes[j]);
+        ref_bias_grads(c, d, Gd, want[0], want[1], want[2], want[3]);
+        ref_bias(c, d[0], d[1], d[2], d[3], want[4]);
+        static const char *names[5] = {"dq", "dk", "dv", "dw", "y"};
+        for (int j = 0; j < 5; j++) {
+            double worst = 0;
+            for (int64_t e = 0; got[1][j] && e < sizes[j]; e++) {
+                double x = fabs(test_f32(got[1][j])[e] - want[j][e]) / (1 + fabs(want[j][e]));
+                if (!(x <= worst)) worst = isnan(x) ? INFINITY : x;
+            }
+            if (!(worst < 2e-5)) fprintf(stderr, "%s: %s differs by %g\n", what, names[j], worst);
+            CHECK(worst < 2e-5);
+        }
+        for (int j = 0; j < 5; j++) {
+            free(want[j]);
+            xt_tensor_release(got[0][j]);
+            xt_tensor_release(got[1][j]);
+        }
+        for (int j = 0; j < 4; j++) free(d[j]);
+        free(Gd);
+        xt_tensor_release(G);
+        release4(in);
+    }
+}
+
 static void test_bias_gradcheck(void)
 {
     for (size_t i = 0; i < sizeof bias_cases / sizeof *bias_cases; i++) {
@@ -664,6 +767,7 @@ int main(void)
     test_seed("test_aft", SEED);
     test_bias_against_composition();
     test_bias_long();
+    test_bias_long_grads();
     test_bias_gradcheck();
     test_conv_against_composition();
     test_stability();
