@@ -251,3 +251,27 @@ describe('drawing', function()
         assert.is_true(w1[0] > 0 and h1[0] > 0)
     end)
 end)
+
+describe('xt.process', function()
+    it('measures how far the peak resident set rises while a function runs', function()
+        if not xt.process.status_kib('VmHWM') or not xt.process.reset_peak() then
+            pending('no /proc/self/status or clear_refs here')
+            return
+        end
+        local mib, n = xt.process.peak_growth(function()
+            local t = xt.ones(16, 1024, 1024)   -- 64 MiB, touched
+            return t:sum():item()
+        end)
+        assert.are.equal(16 * 1024 * 1024, n)
+        assert.is_true(mib > 60 and mib < 200, 'grew by ' .. tostring(mib) .. ' MiB')
+    end)
+
+    it('builds the command that runs xlua in a fresh process', function()
+        local cmd = xt.process.fresh_command({'script.lua', '--name', "it's"}, {timeout = 5})
+        assert.truthy(cmd:find('^MALLOC_MMAP_THRESHOLD_=65536 timeout 5 '))
+        local tail = "script.lua --name 'it'\\''s'"
+        assert.are.equal(tail, cmd:sub(-#tail))
+        local out = io.popen(xt.process.fresh_command('-e "print(1 + 1)"')):read('*a')
+        assert.are.equal('2\n', out)
+    end)
+end)
