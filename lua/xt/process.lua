@@ -66,7 +66,8 @@ local function quote(s)
 end
 
 -- args: a list (the script and its arguments, quoted here) or a string (used as it is).
--- opts.timeout: seconds after which coreutils' timeout stops the process (exit status 124).
+-- opts.timeout: seconds after which coreutils' timeout stops the process (exit status 124);
+-- opts.env: more environment variables {NAME = value}.
 function process.fresh_command(args, opts)
     opts = opts or {}
     local parts = {}
@@ -74,9 +75,13 @@ function process.fresh_command(args, opts)
         for i, a in ipairs(args) do parts[i] = quote(a) end
         args = table.concat(parts, ' ')
     end
-    local xlua = quote(process.executable())
+    local env = {'MALLOC_MMAP_THRESHOLD_=' .. process.MMAP_THRESHOLD}
+    local names = {}
+    for name in pairs(opts.env or {}) do names[#names + 1] = name end
+    table.sort(names)
+    for _, name in ipairs(names) do env[#env + 1] = name .. '=' .. quote(opts.env[name]) end
     local limit = opts.timeout and string.format('timeout %d ', math.ceil(opts.timeout)) or ''
-    return string.format('MALLOC_MMAP_THRESHOLD_=%d %s%s %s', process.MMAP_THRESHOLD, limit, xlua, args)
+    return string.format('%s %s%s %s', table.concat(env, ' '), limit, quote(process.executable()), args)
 end
 
 return process
