@@ -148,10 +148,16 @@ describe('experiments/attention_zoo.lua', function()
         local dir = root .. '/zoo-fail'
         -- window 0 is an error for local attention; aft_simple has no window
         run('experiments/attention_zoo.lua', '--attentions local,aft_simple --window 0 --steps 1 --batch-size 2 '
-            .. '--limit-train 8 --limit-test 4 --dim 8 --no-scaling --out ' .. dir)
+            .. '--limit-train 8 --limit-test 4 --dim 8 --lengths 16,32 --reps 1 --out ' .. dir)
         local md = read(dir .. '/zoo.md')
-        assert.truthy(md:find('| local | failed: [^|]*window must be a positive integer'), md)
+        assert.truthy(md:find('| local | failed: LocalAttention: window must be a positive integer'), md)
         assert.truthy(md:find('| aft_simple | [%d.]+%%'), md)
+        local csv = read(dir .. '/zoo.csv')
+        assert.truthy(csv:find('\nlocal,,,,,,,,"LocalAttention: window must be', 1, true), csv)
+        local scaling = read(dir .. '/scaling.csv')
+        assert.truthy(scaling:find('\nlocal,16,,,"failed: LocalAttention: window', 1, true), scaling)
+        assert.truthy(scaling:find('\nlocal,32,,,skipped: T = 16 failed\n', 1, true), scaling)
+        assert.truthy(scaling:find('\naft_simple,32,[%d.]+,'), scaling)
     end)
 
     it('rejects unknown attention names before it starts', function()
