@@ -25,7 +25,7 @@
 -- saves, scratch and the input gradients (3 x T x 256 floats = 3 MiB per 1k positions).
 local xt = require 'xt'
 local timer = require 'bench.timer'
-local C = require 'xt.lib'
+local process = require 'xt.process'
 local F = xt.nn.functional
 
 local args = {...}
@@ -48,21 +48,6 @@ xt.manual_seed(0)
 local H, d, m_features, k_proj = 4, 64, 256, 256
 
 ---------------------------------------------------------------------------------------------
-local function status_kib(field)
-    local f = io.open('/proc/self/status')
-    if not f then return nil end
-    local text = f:read('*a')
-    f:close()
-    return tonumber(text:match(field .. ':%s+(%d+) kB'))
-end
-
-local function reset_peak()
-    local f = io.open('/proc/self/clear_refs', 'w')
-    if not f then return false end
-    local ok = f:write('5')
-    return f:close() and ok and true or false
-end
-
 -- the most nearly square grid rows x cols = T (both powers of two for powers of two)
 local function grid(T)
     local rows = 2 ^ math.floor(math.log(T) / math.log(2) / 2)
@@ -142,13 +127,7 @@ local function clear_grads(leaves) for _, t in ipairs(leaves) do t.grad = nil en
 
 local function measure(case, T)
     local run, leaves = case.setup(T)
-    collectgarbage()
-    collectgarbage()
-    C.xt_empty_cache()
-    local can_reset = reset_peak()
-    local base = status_kib('VmHWM')
-    run()
-    local peak = status_kib('VmHWM')
+    local mem = process.peak_growth(run)
     clear_grads(leaves)
     local best = math.huge
     for _ = 1, reps do
@@ -158,7 +137,7 @@ local function measure(case, T)
         best = math.min(best, timer.now() - t0)
         clear_grads(leaves)
     end
-    return best, can_reset and base and peak and (peak - base) / 1024 or nil
+    return best, mem
 end
 
 -- a child process: one case at one length, one result line
@@ -169,8 +148,8 @@ if child_case then
 end
 
 local function run_child(index, T)
-    local cmd = string.format('MALLOC_MMAP_THRESHOLD_=65536 %s %s --case %d --T %d --threads %d --reps %d',
-                              arg[-1], arg[0], index, T, threads, reps)
+    local cmd = process.fresh_command(string.format('%s --case %d --T %d --threads %d --reps %d',
+                                                    arg[0], index, T, threads, reps))
     local p = io.popen(cmd)
     local out = p:read('*a')
     p:close()

@@ -189,6 +189,25 @@ describe('curves', function()
         assert.are.equal('uint8', img.dtype)
     end)
 
+    it('puts log-axis ticks at 1, 2 and 5 times powers of ten', function()
+        assert.are.same({5, 10, 20, 50, 100}, xt.plot.log_ticks(math.log10(3), 2.1))
+        assert.are.same({1, 10, 100, 1000}, xt.plot.log_ticks(0, 3.5))   -- many decades: powers only
+    end)
+
+    it('draws a log-log line y = x^2 straight, through its geometric midpoint', function()
+        local img = xt.plot.figure{width = 300, height = 200, panels = {{xlog = true, ylog = true,
+            xticks = {1, 10, 100}, series = {{x = {1, 10, 100}, y = {1, 100, 10000}}, {x = {0, 1}, y = {-1, 5}}}}}}
+        -- (10, 100) sits halfway along both log axes: the middle of the plot area
+        local x0, y0, x1, y1 = 64, 34, 300 - 16, 200 - 40
+        local mx, my = math.floor((x0 + x1) / 2), math.floor((y0 + y1) / 2)
+        local found = false
+        for dy = -2, 2 do
+            local px = img[my + dy + 1][mx + 1]
+            if px[1] == 31 and px[2] == 119 and px[3] == 180 then found = true end
+        end
+        assert.is_true(found)
+    end)
+
     it('rejects series whose x and y differ in length', function()
         assert.has_error(function()
             xt.plot.figure{panels = {{series = {{x = {1, 2}, y = {1}}}}}}
@@ -230,5 +249,29 @@ describe('drawing', function()
         C.xt_text_size('abc', 2, w2, h2)
         assert.are.equal(2 * w1[0], w2[0])
         assert.is_true(w1[0] > 0 and h1[0] > 0)
+    end)
+end)
+
+describe('xt.process', function()
+    it('measures how far the peak resident set rises while a function runs', function()
+        if not xt.process.status_kib('VmHWM') or not xt.process.reset_peak() then
+            pending('no /proc/self/status or clear_refs here')
+            return
+        end
+        local mib, n = xt.process.peak_growth(function()
+            local t = xt.ones(16, 1024, 1024)   -- 64 MiB, touched
+            return t:sum():item()
+        end)
+        assert.are.equal(16 * 1024 * 1024, n)
+        assert.is_true(mib > 60 and mib < 200, 'grew by ' .. tostring(mib) .. ' MiB')
+    end)
+
+    it('builds the command that runs xlua in a fresh process', function()
+        local cmd = xt.process.fresh_command({'script.lua', '--name', "it's"}, {timeout = 5})
+        assert.truthy(cmd:find('^MALLOC_MMAP_THRESHOLD_=65536 timeout 5 '))
+        local tail = "script.lua --name 'it'\\''s'"
+        assert.are.equal(tail, cmd:sub(-#tail))
+        local out = io.popen(xt.process.fresh_command('-e "print(1 + 1)"')):read('*a')
+        assert.are.equal('2\n', out)
     end)
 end)

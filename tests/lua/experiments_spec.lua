@@ -119,3 +119,64 @@ describe('experiments/imagenet_style.lua', function()
         assert.is_true(r[1].val_top5 >= r[1].val_top1)
     end)
 end)
+
+describe('experiments/attention_zoo.lua', function()
+    local function read(path)
+        local f = assert(io.open(path))
+        local text = f:read('*a')
+        f:close()
+        return text
+    end
+
+    it('trains and tests each attention, times them against T and writes the table and plot', function()
+        local dir = root .. '/zoo'
+        local out = run('experiments/attention_zoo.lua', '--attentions softmax,aft_simple --steps 3 --batch-size 4 '
+                        .. '--warmup-steps 1 --limit-train 64 --limit-test 20 --eval-batch-size 10 --dim 16 '
+                        .. '--lengths 64,256 --reps 1 --out ' .. dir)
+        for _, f in ipairs{'config.json', 'metrics.jsonl', 'zoo.csv', 'zoo.md', 'scaling.csv', 'step_time_vs_T.png'} do
+            assert.is_true(exists(dir .. '/' .. f), f .. ' missing')
+        end
+        local md = read(dir .. '/zoo.md')
+        for _, name in ipairs{'softmax', 'aft_simple'} do
+            local acc, ms = md:match('| ' .. name .. ' | ([%d.]+)%% | (%d+) |')
+            assert.truthy(acc, name .. ' has no row in zoo.md:\n' .. md)
+            assert.is_true(tonumber(acc) >= 0 and tonumber(acc) <= 100 and tonumber(ms) > 0)
+            assert.truthy(out:find('| ' .. name .. ' |', 1, true), 'the table is printed')
+        end
+        local scaling = {}
+        for line in read(dir .. '/scaling.csv'):gmatch('[^\n]+') do scaling[#scaling + 1] = line end
+        assert.are.equal(5, #scaling)   -- header + 2 attentions x 2 lengths
+        assert.truthy(scaling[2]:match('^softmax,64,[%d.]+,'))
+        local r = records(dir)
+        assert.are.equal(6, #r)
+        assert.are.equal('train', r[1].split)
+        assert.is_true(r[1].params > 0 and r[1].test_acc >= 0 and r[1].test_acc <= 1)
+        local img = xt.image.load(dir .. '/step_time_vs_T.png')
+        assert.are.equal(3, img:size(3))
+    end)
+
+    it('gives a failing attention a row and carries on', function()
+        local dir = root .. '/zoo-fail'
+        -- window 0 is an error for local attention; aft_simple has no window
+        run('experiments/attention_zoo.lua', '--attentions local,aft_simple --window 0 --steps 1 --batch-size 2 '
+            .. '--limit-train 8 --limit-test 4 --dim 8 --lengths 16,32 --reps 1 --out ' .. dir)
+        local md = read(dir .. '/zoo.md')
+        assert.truthy(md:find('| local | failed: LocalAttention: window must be a positive integer'), md)
+        assert.truthy(md:find('| aft_simple | [%d.]+%%'), md)
+        local csv = read(dir .. '/zoo.csv')
+        assert.truthy(csv:find('\nlocal,,,,,,,,"LocalAttention: window must be', 1, true), csv)
+        local scaling = read(dir .. '/scaling.csv')
+        assert.truthy(scaling:find('\nlocal,16,,,"failed: LocalAttention: window', 1, true), scaling)
+        assert.truthy(scaling:find('\nlocal,32,,,skipped: T = 16 failed\n', 1, true), scaling)
+        assert.truthy(scaling:find('\naft_simple,32,[%d.]+,'), scaling)
+    end)
+
+    it('rejects unknown attention names before it starts', function()
+        local log = root .. '/zoo-bad.txt'
+        local ok = os.execute(string.format("'%s' experiments/attention_zoo.lua --attentions softmax,sofmax --out %s/zoo-bad > %s 2>&1",
+                                            XLUA, root, log))
+        assert.is_false(ok == 0 or ok == true)
+        assert.truthy(read(log):find("unknown attention 'sofmax'", 1, true))
+        assert.is_false(exists(root .. '/zoo-bad/config.json'))
+    end)
+end)

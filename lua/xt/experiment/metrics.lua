@@ -12,6 +12,7 @@ local function csv_field(v)
     if s:find('[,"\n]') then s = '"' .. s:gsub('"', '""') .. '"' end
     return s
 end
+Metrics.csv_field = csv_field   -- one CSV cell (quoted when it needs to be)
 
 -- Column order: the keys of the first records in order of appearance, as written.
 function Metrics:_write_csv_row(f, record)
