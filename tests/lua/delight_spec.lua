@@ -410,3 +410,17 @@ describe('nn.DeLighT', function()
         assert.is_truthy(error_of(function() nn.DeLighT{d_m = 32, depth = 4} end):find("unknown option 'depth'"))
     end)
 end)
+
+describe('models with DeLighT blocks', function()
+    it('token_classifier and pixel_transformer build them with block-wise scaling', function()
+        xt.manual_seed(24)
+        local tc = require('xt.models.token_classifier'){in_channels = 1, image_size = {8, 8}, patch = 4,
+                                                         classes = 3, dim = 16, depth = 2, attention = 'delight'}
+        assert.are.same({2, 3}, tc(xt.randn(2, 1, 8, 8)).shape:totable())
+        local blocks = tc.blocks:children()
+        assert.are.equal(4, blocks[1].dextra.depth)
+        assert.are.equal(8, blocks[2].dextra.depth)
+        local pt = require('xt.models.pixel_transformer'){seq_len = 6, attention = 'delight', dim = 16, depth = 1}
+        assert.are.equal(4, pt.blocks:children()[1].dextra.depth)
+    end)
+end)

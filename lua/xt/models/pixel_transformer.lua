@@ -47,9 +47,12 @@ function Net:__init(opts)
     self.embed = nn.Embedding(START, dim)
     self.pos = nn.Embedding(opts.seq_len, dim)
     local blocks = {}
+    local delight_plan = require('xt.nn.delight').block_scaling(opts.depth or 2, 4, 8, 2)
     for i = 1, opts.depth or 2 do
         if opts.attention == 'delight' then
             local o = {d_m = dim, causal = true, attention = 'softmax'}
+            -- DeLighT's block-wise scaling (depth 4 -> 8, width x2 -> x4 over the stack)
+            o.depth, o.width_mult = delight_plan[i].depth, delight_plan[i].width_mult
             for k, v in pairs(opts.delight or {}) do o[k] = v end
             blocks[i] = nn.DeLighTBlock(o)
         else

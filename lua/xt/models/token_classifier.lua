@@ -64,9 +64,12 @@ function Net:__init(opts)
     self.seq_len = T
     self.pos = nn.Parameter(xt.randn(1, T, dim) * (opts.pos_std or 0.02))
     local blocks = {}
+    local delight_plan = require('xt.nn.delight').block_scaling(opts.depth or 4, 4, 8, 2)
     for i = 1, opts.depth or 4 do
         if opts.attention == 'delight' then
             local o = {d_m = dim, attention = 'softmax'}
+            -- DeLighT's block-wise scaling (depth 4 -> 8, width x2 -> x4 over the stack)
+            o.depth, o.width_mult = delight_plan[i].depth, delight_plan[i].width_mult
             for k, v in pairs(opts.delight or {}) do o[k] = v end
             blocks[i] = nn.DeLighTBlock(o)
         else
