@@ -6,8 +6,9 @@
 --
 -- The model (lua/xt/models/aft_conv_net.lua): a convolutional patch stem, stages of pre-norm
 -- AFT-conv blocks with MLPs, global average pooling and a linear head. AdamW with linear
--- warmup and cosine decay, label smoothing, random-crop and flip augmentation; evaluation
--- after every epoch; the final test accuracy is printed and logged.
+-- warmup and cosine decay, label smoothing, random-crop and flip augmentation (flip only on
+-- Fashion-MNIST by default: in 4 epochs the crop cost 0.5 points there); evaluation after every
+-- epoch; the final test accuracy is printed and logged.
 local xt = require 'xt'
 local F, optim, data = xt.nn.functional, xt.optim, xt.data
 local AFTConvNet = require 'xt.models.aft_conv_net'
@@ -17,20 +18,21 @@ local run = xt.experiment.start{
     description = 'AFT-conv image classifier on CIFAR-10 (or Fashion-MNIST when CIFAR-10 is absent)',
     defaults = {
         epochs = 4, batch_size = 128, lr = 4e-3, weight_decay = 0.05, warmup_epochs = 0.5,
-        label_smoothing = 0.1, dim = 64, depth = '2,2', heads = 8, kernel = 5, mlp_ratio = 2,
+        label_smoothing = 0.1, dim = 64, depth = '2,2', heads = 64, kernel = 5, mlp_ratio = 2,
         workers = 2, data = 'data/cifar-10-batches-bin', dataset = 'auto', eval_batch_size = 500,
-        augment = 'crop,flip',
+        augment = 'auto',
     },
     help = {
         weight_decay = 'AdamW weight decay (not on biases and norms)',
         warmup_epochs = 'linear warmup length in epochs', label_smoothing = 'cross-entropy smoothing',
         dim = 'channels of the first stage (doubled at each later stage)',
-        depth = 'blocks per stage, comma-separated', heads = 'AFT-conv heads (keys per position)',
+        depth = 'blocks per stage, comma-separated', heads = 'AFT-conv heads (keys per position; 64: one per channel in the first stage)',
         kernel = 'AFT-conv kernel size (odd)', mlp_ratio = 'MLP hidden width / channels',
         workers = 'data loader threads', dataset = 'cifar10, fashion_mnist or auto',
         eval_batch_size = 'batch size for evaluation',
         augment = "training augmentation: 'crop' (random crop of the padded image), 'flip', "
-                  .. "both comma-separated, or 'none'",
+                  .. "both comma-separated, 'none', or 'auto' (crop,flip on CIFAR-10; flip on "
+                  .. "Fashion-MNIST, where cropping costs accuracy in a 4-epoch budget)",
     },
 }
 local cfg = run.config
@@ -73,8 +75,10 @@ if cfg.limit_test > 0 then test_set = data.subset(test_set, 1, cfg.limit_test) e
 
 local sample = train_set[1].image                  -- [H,W,C] uint8
 local size, channels = sample:size(1), sample:size(3)
+local augment = cfg.augment
+if augment == 'auto' then augment = dataset == 'cifar10' and 'crop,flip' or 'flip' end
 local train_transforms = {}
-for name in tostring(cfg.augment):gmatch('[^,%s]+') do
+for name in tostring(augment):gmatch('[^,%s]+') do
     if name == 'crop' then
         train_transforms[#train_transforms + 1] = {'random_crop', size, padding = crop_pad}
     elseif name == 'flip' then
