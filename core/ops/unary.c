@@ -10,12 +10,13 @@
  *
  * GELU is the exact form x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's default),
  * computed as 0.5 x erfc(-x / sqrt 2), which is the same value without the
- * cancellation of 1 + erf for x << 0.
+ * cancellation of 1 + erf for x << 0; erfc is fast_erfc.h's vectorisable one.
  *
  * Each op's backward formula is in f32_unary_grad, written in terms of the
  * input x or the output y, whichever the node saved (unary_saves).
  */
 #include "elementwise.h"
+#include "fast_erfc.h"
 
 #include <math.h>
 
@@ -43,7 +44,7 @@ ALWAYS_INLINE float f32_unary(int32_t op, float x)
     case XT_TANH: return tanhf(x);
     case XT_SIGMOID: return 1.0f / (1.0f + expf(-x));
     case XT_RELU: return x < 0 ? 0.0f : x;                 /* NaN passes through */
-    case XT_GELU: return 0.5f * x * erfcf(-x * inv_sqrt2);  /* exact x Phi(x), see below */
+    case XT_GELU: return 0.5f * x * xt_fast_erfcf(-x * inv_sqrt2);  /* exact x Phi(x), see above */
     case XT_SILU: return x / (1.0f + expf(-x));
     case XT_SIN: return sinf(x);
     case XT_COS: return cosf(x);
@@ -172,8 +173,8 @@ ALWAYS_INLINE float f32_unary_grad(int32_t op, float g, float v)
     case XT_SIGMOID: return g * v * (1.0f - v);                  /* v = y */
     case XT_RELU: return v > 0 ? g : 0.0f;                       /* v = y; 0 at 0 */
     case XT_GELU: {                                              /* v = x */
-        float cdf = 0.5f * erfcf(-v * inv_sqrt2);
-        float pdf = inv_sqrt_2pi * expf(-0.5f * v * v);
+        float cdf = 0.5f * xt_fast_erfcf(-v * inv_sqrt2);
+        float pdf = inv_sqrt_2pi * xt_fast_expf(-0.5f * v * v);
         return g * (cdf + v * pdf);
     }
     case XT_SILU: {                                              /* v = x */
