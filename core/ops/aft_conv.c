@@ -12,14 +12,16 @@
  *
  * Stability: E = exp(k - m) with m the head's max key; the biases enter as
  * exp(w - r) with r = max(0, max w[head]), so F' = exp(w - r) - exp(-r) and the global
- * sums are scaled by exp(-r). The denominator (one per head and position) is computed in
- * double as exp(-r) * (outside keys) + (window keys weighted by exp(w - r)), with the
- * outside part clamped at 0, so it stays positive; an underflowed one is recomputed with
- * its own exact maximum (aft.h). The forward saves A = num / den and log(den) per head and
- * position.
+ * sums are scaled by exp(-r). The denominator (one per head and position) is
+ * exp(-r) * (outside keys) + (window keys weighted by exp(w - r)): the outside keys are
+ * the head's sum minus the window's, both in double, clamped at 0, so it stays positive;
+ * the weighted window keys are all positive terms (float). An underflowed one is
+ * recomputed with its own exact maximum (aft.h). The forward saves A = num / den and
+ * log(den) per head and position.
  *
- * Work: one task per (batch item, head); per channel, the window sum is kh*kw shifted
- * multiply-adds of a plane (contiguous rows). Backward (Hn = G sigmoid(q) / den,
+ * Work: one task per (batch item, head). Per-position arithmetic (exp, sigmoid, products)
+ * runs over whole compact planes [H*W]; only the window sums run on padded planes (below),
+ * to which planes are copied row by row. Backward (Hn = G sigmoid(q) / den,
  * a = sum over the head's channels of Hn A):
  *   U = exp(-r) sum_p Hn + conv^T(Hn, F'),  Ua likewise from a,
  *   dV = E U,  dK = E (sum_c V U - Ua),  dw[d] = exp(w[d] - r) sum_p E_{p+d} (sum_c Hn_p V_{p+d} - a_p)
@@ -42,23 +44,35 @@ static double plane_sum(const float *x, int64_t P)
     return s;
 }
 
-/* The head's offsets: E = exp(k - m) into E (returns m); r = max(0, max w); F' = exp(w - r)
- * - exp(-r) and ew = exp(w - r) into F and ew (kk each). */
-static float head_setup(const conv_geom *g, const float *kp, const float *wh, float *E,
-                        float *F, float *ew, float *r_out)
+/* E = exp(k - m) over one head's plane (P); returns m, the max key. */
+static float keys_exp(int64_t P, const float *kp, float *E)
 {
-    float m = -INFINITY, r = 0.0f;
-    for (int64_t p = 0; p < g->P; p++) m = kp[p] > m ? kp[p] : m;
+    float m = -INFINITY;
+    for (int64_t p = 0; p < P; p++) m = kp[p] > m ? kp[p] : m;
 #pragma omp simd
-    for (int64_t p = 0; p < g->P; p++) E[p] = aft_exp(kp[p] - m);
-    for (int64_t d = 0; d < g->kk; d++) r = wh[d] > r ? wh[d] : r;
-    float osc = expf(-r);
-    for (int64_t d = 0; d < g->kk; d++) {
-        ew[d] = expf(wh[d] - r);
-        F[d] = ew[d] - osc;
-    }
-    *r_out = r;
+    for (int64_t p = 0; p < P; p++) E[p] = aft_exp(kp[p] - m);
     return m;
+}
+
+/* Per head, once per call, kern [heads, KERN(kk)]: F' = exp(w - r) - exp(-r) (kk), the same
+ * reversed for the transposed correlation (kk), ew = exp(w - r) (kk), and r = max(0, max w). */
+#define KERN(kk) (3 * (kk) + 1)
+
+static void kernel_setup(const conv_geom *g, const float *w, float *kern)
+{
+    int64_t kk = g->kk;
+    for (int64_t i = 0; i < g->heads; i++) {
+        const float *wh = w + i * kk;
+        float *F = kern + i * KERN(kk), *Ff = F + kk, *ew = Ff + kk, r = 0.0f;
+        for (int64_t d = 0; d < kk; d++) r = wh[d] > r ? wh[d] : r;
+        float osc = expf(-r);
+        for (int64_t d = 0; d < kk; d++) {
+            ew[d] = expf(wh[d] - r);
+            F[d] = ew[d] - osc;
+        }
+        for (int64_t d = 0; d < kk; d++) Ff[d] = F[kk - 1 - d];
+        ew[kk] = r;
+    }
 }
 
 /* The bias between query p and key pk: w inside the window, 0 outside. */
@@ -87,7 +101,8 @@ static double direct_lse(const conv_geom *g, const float *kp, const float *wh, i
  * same row stride, [H, Wp]: output o = y Wp + x reads the padded input at o + i Wp + j for
  * tap (i, j), so each tap is one contiguous multiply-add over the whole plane. The columns
  * x >= W of an output are spare (dropped); read from a padded plane's interior they are
- * its border, zeros, which is what plane_dot relies on. */
+ * its border, zeros, which is what plane_dot relies on. Only interiors are ever written
+ * (pad_plane), so a padded plane's border, zeroed once with its scratch, stays zero. */
 /* Window sums go in blocks of PLANE_BLOCK outputs that stay in registers over all the
  * taps; planes are allocated with room for whole blocks (plane_rows), the padded ones
  * with PLANE_BLOCK more zeros of slack. */
@@ -106,11 +121,23 @@ static pad_geom pad_layout(const conv_geom *g)
     return pg;
 }
 
-
 /* Floats of an output plane [H, Wp] rounded up to whole blocks. */
 static int64_t plane_rows(const conv_geom *g, int64_t Wp)
 {
     return (g->H * Wp + PLANE_BLOCK - 1) / PLANE_BLOCK * PLANE_BLOCK;
+}
+
+/* A compact plane [H, W] into rows of stride Wp (a padded plane's interior) and back. */
+static void pad_plane(const conv_geom *g, int64_t Wp, float *dst, const float *src)
+{
+    for (int64_t y = 0; y < g->H; y++)
+        for (int64_t x = 0; x < g->W; x++) dst[y * Wp + x] = src[y * g->W + x];
+}
+
+static void unpad_plane(const conv_geom *g, int64_t Wp, float *dst, const float *src)
+{
+    for (int64_t y = 0; y < g->H; y++)
+        for (int64_t x = 0; x < g->W; x++) dst[y * g->W + x] = src[y * Wp + x];
 }
 
 /* out[o] += sum_{i,j} F[i kw + j] in[o + i Wp + j], o < H Wp, the taps in order. */
@@ -149,79 +176,102 @@ static void plane_dot(const conv_geom *g, int64_t Wp, double *dw, double sign,
         }
 }
 
-/* The kernel reversed, for the transposed correlation (conv^T). */
-static void flip_kernel(const conv_geom *g, const float *F, float *Ff)
-{
-    for (int64_t d = 0; d < g->kk; d++) Ff[d] = F[g->kk - 1 - d];
-}
-
 /* ---- forward -------------------------------------------------------------------------- */
 
-/* One (b, head): y and A for its channels, lam [P] = log(den) relative to m + r. */
-static void conv_forward_head(const conv_geom *g, const float *q, const float *kp,
-                              const float *v, const float *wh, float *y, float *A, float *lam,
-                              float *scratch, double *dscratch)
+/* Scratch per thread, floats and doubles (forward or backward, whichever needs more); the
+ * padded planes in it start zeroed. */
+static int64_t conv_scratch_floats(const conv_geom *g)
 {
-    int64_t P = g->P, H = g->H, W = g->W, cg = g->cg;
     pad_geom pg = pad_layout(g);
-    int64_t Wp = pg.Wp;
-    float *E = scratch, *F = E + P, *ew = F + g->kk, *X = ew + g->kk; /* X: E V padded */
-    float *num = X + pg.n, *invd = num + plane_rows(g, Wp); /* num [H, Wp]; 1/den (0: direct output) */
-    double *Ed = dscratch, *cnt = Ed + pg.n, *inw = cnt + P;
-    float r, m = head_setup(g, kp, wh, E, F, ew, &r);
-    double osc = exp(-(double)r), S = plane_sum(E, P);
+    return 6 * g->P + 4 * pg.n + 2 * plane_rows(g, pg.Wp);
+}
 
-    /* den = exp(-r) (S - window keys) + window keys weighted by exp(w - r), in double */
-    memset(Ed, 0, sizeof(double) * (size_t)pg.n);
-    for (int64_t yy = 0; yy < H; yy++)
-        for (int64_t x = 0; x < W; x++) Ed[pg.origin + yy * Wp + x] = E[yy * W + x];
-    for (int64_t p = 0; p < P; p++) cnt[p] = inw[p] = 0;
-    for (int64_t yy = 0; yy < H; yy++)
-        for (int64_t i = 0; i < g->kh; i++)
-            for (int64_t j = 0; j < g->kw; j++) {
-                const double *s = Ed + (yy + i) * Wp + j;
-                double f = ew[i * g->kw + j], *c = cnt + yy * W, *n = inw + yy * W;
+static int64_t conv_scratch_doubles(const conv_geom *g)
+{
+    pad_geom pg = pad_layout(g);
+    return pg.n + (g->H + g->kh - 1) * pg.Wp + g->H * pg.Wp;
+}
+
+/* The denominators of one head: lam [P] = log(den) relative to m + r, invd [P] = 1/den (0
+ * where it underflowed: those outputs are made directly). Returns how many underflowed.
+ * E [P] = exp(k - m); Ep: E padded. */
+static int64_t conv_denominators(const conv_geom *g, const float *kern, const float *E,
+                                 float *Ep, float *lam, float *invd, float *buf, double *dscratch)
+{
+    int64_t P = g->P, kk = g->kk;
+    pad_geom pg = pad_layout(g);
+    int64_t Wp = pg.Wp, no = plane_rows(g, Wp), nr = (g->H + g->kh - 1) * Wp, n = g->H * Wp;
+    const float *ew = kern + 2 * kk;
+    double *Ed = dscratch, *rb = Ed + pg.n, *cnt = rb + nr;
+    double osc = exp(-(double)ew[kk]), S = plane_sum(E, P);
+
+    /* window keys: cnt unweighted (in double, box sums: the kw columns, then the kh rows),
+     * inw weighted by exp(w - r) */
+    pad_plane(g, Wp, Ep + pg.origin, E);
+    for (int64_t y = 0; y < g->H; y++)
+        for (int64_t x = 0; x < g->W; x++) Ed[pg.origin + y * Wp + x] = E[y * g->W + x];
+    memset(rb, 0, sizeof(double) * (size_t)nr);
+    for (int64_t j = 0; j < g->kw; j++)
 #pragma omp simd
-                for (int64_t x = 0; x < W; x++) {
-                    c[x] += s[x];
-                    n[x] += f * s[x];
-                }
-            }
-    int64_t flagged = 0;
-#pragma omp simd reduction(+ : flagged)
-    for (int64_t p = 0; p < P; p++) {
-        double out = S - cnt[p], den = osc * (out > 0 ? out : 0) + inw[p];
+        for (int64_t o = 0; o < nr; o++) rb[o] += Ed[o + j];
+    memset(cnt, 0, sizeof(double) * (size_t)n);
+    for (int64_t i = 0; i < g->kh; i++)
+#pragma omp simd
+        for (int64_t o = 0; o < n; o++) cnt[o] += rb[o + i * Wp];
+    float *inw = buf, *lp = buf + no;
+    memset(inw, 0, sizeof(float) * (size_t)no);
+    plane_corr(g, Wp, inw, Ep, ew);
+#pragma omp simd
+    for (int64_t o = 0; o < n; o++) {
+        double out = S - cnt[o], den = osc * (out > 0 ? out : 0) + inw[o];
         bool ok = den >= AFT_TINY;
-        lam[p] = aft_log(ok ? (float)den : 1.0f);
-        invd[p] = ok ? (float)(1.0 / den) : 0.0f;
-        flagged += !ok;
+        lp[o] = aft_log(ok ? (float)den : 1.0f);
+        inw[o] = ok ? (float)(1.0 / den) : 0.0f;
     }
+    unpad_plane(g, Wp, lam, lp);
+    unpad_plane(g, Wp, invd, inw);
+    int64_t flagged = 0;
+    for (int64_t p = 0; p < P; p++) flagged += invd[p] == 0;
+    return flagged;
+}
+
+/* One (b, head): y and A for its channels, lam [P] = log(den) relative to m + r. */
+static void conv_forward_head(const conv_geom *g, const float *kern, const float *q,
+                              const float *kp, const float *v, const float *wh, float *y,
+                              float *A, float *lam, float *scratch, double *dscratch)
+{
+    int64_t P = g->P, cg = g->cg;
+    pad_geom pg = pad_layout(g);
+    int64_t Wp = pg.Wp, no = plane_rows(g, Wp);
+    float *E = scratch, *invd = E + P, *t = invd + P;     /* compact planes */
+    float *Ep = t + P, *X = Ep + pg.n;                     /* padded: E and one channel's E V */
+    float *num = X + pg.n;                                 /* [H, Wp], two of them */
+    float m = keys_exp(P, kp, E), r = kern[3 * g->kk];
+    double osc = exp(-(double)r);
+    int64_t flagged = conv_denominators(g, kern, E, Ep, lam, invd, num, dscratch);
     for (int64_t p = 0; p < P && flagged; p++)
         if (invd[p] == 0) lam[p] = (float)(direct_lse(g, kp, wh, p) - m - r);
 
     /* per channel: X = E V (padded), num = exp(-r) sum_p X + the window sums */
-    memset(X, 0, sizeof(float) * (size_t)pg.n);
     for (int64_t c = 0; c < cg; c++) {
         const float *vc = v + c * P, *qc = q + c * P;
-        float *yc = y + c * P, *ac = A + c * P, *xi = X + pg.origin;
-        for (int64_t yy = 0; yy < H; yy++) {
-            const float *er = E + yy * W, *vr = vc + yy * W;
-            float *xr = xi + yy * Wp;
-#pragma omp simd
-            for (int64_t x = 0; x < W; x++) xr[x] = er[x] * vr[x];
+        float *yc = y + c * P, *ac = A + c * P;
+        double total = 0;
+#pragma omp simd reduction(+ : total)
+        for (int64_t p = 0; p < P; p++) {
+            t[p] = E[p] * vc[p];
+            total += t[p];
         }
-        float total = (float)(osc * plane_sum(X, pg.n));
-        for (int64_t o = 0; o < plane_rows(g, Wp); o++) num[o] = total;
-        plane_corr(g, Wp, num, X, F);
-        for (int64_t yy = 0; yy < H; yy++) {
-            const float *nr = num + yy * Wp;
+        pad_plane(g, Wp, X + pg.origin, t);
+        float start = (float)(osc * total);
+        for (int64_t o = 0; o < no; o++) num[o] = start;
+        plane_corr(g, Wp, num, X, kern);
+        unpad_plane(g, Wp, t, num);
 #pragma omp simd
-            for (int64_t x = 0; x < W; x++) {
-                int64_t p = yy * W + x;
-                float a = invd[p] > 0 ? nr[x] * invd[p] : 0.0f;
-                ac[p] = a;
-                yc[p] = aft_sigmoid(qc[p]) * a;
-            }
+        for (int64_t p = 0; p < P; p++) {
+            float a = invd[p] > 0 ? t[p] * invd[p] : 0.0f;
+            ac[p] = a;
+            yc[p] = aft_sigmoid(qc[p]) * a;
         }
     }
     if (flagged == 0) return;
@@ -239,30 +289,38 @@ static void conv_forward_head(const conv_geom *g, const float *q, const float *k
     }
 }
 
-/* Scratch per thread, floats (forward or backward, whichever needs more) and doubles. */
-static int64_t conv_scratch_floats(const conv_geom *g)
-{
-    pad_geom pg = pad_layout(g);
-    return 6 * g->P + 4 * g->kk + 4 * pg.n + 2 * plane_rows(g, pg.Wp);
-}
+/* Per-thread scratch (zeroed: the padded planes' borders) and the heads' kernels, or NULL
+ * with the error set. */
+typedef struct conv_work {
+    xt_tensor *hold[3];
+    float *scratch, *kern;
+    double *dscratch;
+} conv_work;
 
-static int64_t conv_scratch_doubles(const conv_geom *g)
+static bool conv_work_init(const conv_geom *g, const float *w, int nt, conv_work *cw)
 {
-    return pad_layout(g).n + 2 * g->P;
+    int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g);
+    memset(cw, 0, sizeof *cw);
+    cw->scratch = aft_buffer(&cw->hold[0], nf * nt);
+    cw->dscratch = (double *)aft_buffer(&cw->hold[1], 2 * nd * nt);
+    cw->kern = aft_buffer(&cw->hold[2], g->heads * KERN(g->kk));
+    if (!cw->scratch || !cw->dscratch || !cw->kern) {
+        aft_release(3, cw->hold);
+        return false;
+    }
+    memset(cw->scratch, 0, sizeof(float) * (size_t)(nf * nt));
+    memset(cw->dscratch, 0, sizeof(double) * (size_t)(nd * nt));
+    kernel_setup(g, w, cw->kern);
+    return true;
 }
 
 static xt_status conv_forward(const conv_geom *g, const float *q, const float *k, const float *v,
                               const float *w, float *y, float *A, float *lam)
 {
     int nt = omp_get_max_threads();
-    int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g);
-    xt_tensor *hold[2] = {NULL, NULL};
-    float *scratch = aft_buffer(&hold[0], nf * nt);
-    double *dscratch = (double *)aft_buffer(&hold[1], 2 * nd * nt);
-    if (!scratch || !dscratch) {
-        aft_release(2, hold);
-        return xt_last_status();
-    }
+    int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g), kn = KERN(g->kk);
+    conv_work cw;
+    if (!conv_work_init(g, w, nt, &cw)) return xt_last_status();
     int64_t tasks = g->B * g->heads;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) \
     if (g->B * g->C * g->P * g->kk > XT_PARALLEL_GRAIN)
@@ -270,10 +328,11 @@ static xt_status conv_forward(const conv_geom *g, const float *q, const float *k
         int64_t b = task / g->heads, i = task % g->heads;
         int64_t off = (b * g->C + i * g->cg) * g->P;
         int tid = omp_get_thread_num();
-        conv_forward_head(g, q + off, k + task * g->P, v + off, w + i * g->kk, y + off, A + off,
-                          lam + task * g->P, scratch + tid * nf, dscratch + tid * nd);
+        conv_forward_head(g, cw.kern + i * kn, q + off, k + task * g->P, v + off, w + i * g->kk,
+                          y + off, A + off, lam + task * g->P, cw.scratch + tid * nf,
+                          cw.dscratch + tid * nd);
     }
-    aft_release(2, hold);
+    aft_release(3, cw.hold);
     return XT_OK;
 }
 
@@ -285,23 +344,23 @@ typedef struct conv_grads {
 } conv_grads;
 
 /* One (b, head). Offsets into the tensors are applied by the caller. */
-static void conv_backward_head(const conv_geom *g, const float *q, const float *kp,
-                               const float *v, const float *wh, const float *A,
+static void conv_backward_head(const conv_geom *g, const float *kern, const float *q,
+                               const float *kp, const float *v, const float *wh, const float *A,
                                const float *lam, const float *G, float *dq, float *dkp,
                                float *dv, double *dw, float *scratch)
 {
-    int64_t P = g->P, H = g->H, W = g->W, kk = g->kk, cg = g->cg;
+    int64_t P = g->P, W = g->W, kk = g->kk, cg = g->cg;
     pad_geom pg = pad_layout(g);
-    int64_t Wp = pg.Wp, org = pg.origin;
-    float *E = scratch, *F = E + P, *ew = F + kk, *Ff = ew + kk, *inv = Ff + kk;
-    float *vu = inv + P, *ap = vu + P;   /* sum_c V U;  a = sum_c Hn A */
-    float *Hn = ap + P, *X = Hn + pg.n;  /* one channel's Hn and E V, padded */
+    int64_t Wp = pg.Wp, org = pg.origin, no = plane_rows(g, Wp);
+    const float *Ff = kern + kk, *ew = kern + 2 * kk;
+    float *E = scratch, *inv = E + P, *vu = inv + P, *ap = vu + P; /* sum_c V U; a = sum_c Hn A */
+    float *h = ap + P, *u = h + P;       /* compact: one channel's Hn and U */
+    float *Hn = u + P, *X = Hn + pg.n;   /* one channel's Hn and E V, padded */
     float *ad = X + pg.n, *Ep = ad + pg.n; /* a and E, padded */
     float *U = Ep + pg.n;                /* [H, Wp]: one channel's U, then Ua */
-    float r, m = head_setup(g, kp, wh, E, F, ew, &r);
+    float m = keys_exp(P, kp, E), r = kern[3 * kk];
     double osc = exp(-(double)r);
     bool need_kv = dkp || dv;
-    flip_kernel(g, F, Ff);
     int64_t flagged = 0;
     for (int64_t p = 0; p < P; p++) {
         bool ok = lam[p] >= AFT_LOG_TINY;
@@ -309,66 +368,54 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
         flagged += !ok;
         vu[p] = ap[p] = 0;
     }
-    memset(Hn, 0, sizeof(float) * (size_t)pg.n);
-    if (dw) memset(X, 0, sizeof(float) * (size_t)pg.n);
     for (int64_t c = 0; c < cg; c++) {
         const float *qc = q + c * P, *gc = G + c * P, *ac = A + c * P, *vc = v + c * P;
-        for (int64_t yy = 0; yy < H; yy++) {
-            float *hr = Hn + org + yy * Wp;
-#pragma omp simd
-            for (int64_t x = 0; x < W; x++) {
-                int64_t p = yy * W + x;
-                float s = aft_sigmoid(qc[p]);
-                if (dq) dq[c * P + p] = gc[p] * ac[p] * s * (1.0f - s);
-                float h = gc[p] * s * inv[p];
-                hr[x] = h;
-                ap[p] += h * ac[p];
-            }
+        float *dqc = dq ? dq + c * P : NULL;
+        double hsum = 0;
+#pragma omp simd reduction(+ : hsum)
+        for (int64_t p = 0; p < P; p++) {
+            float s = aft_sigmoid(qc[p]);
+            if (dqc) dqc[p] = gc[p] * ac[p] * s * (1.0f - s);
+            h[p] = gc[p] * s * inv[p];
+            ap[p] += h[p] * ac[p];
+            hsum += h[p];
         }
-        double hsum = plane_sum(Hn, pg.n);
+        pad_plane(g, Wp, Hn + org, h);
         if (need_kv) {
             /* U = exp(-r) sum_p Hn + conv^T(Hn, F'); dV = E U, vu += V U */
             float total = (float)(osc * hsum);
-            for (int64_t o = 0; o < plane_rows(g, Wp); o++) U[o] = total;
+            for (int64_t o = 0; o < no; o++) U[o] = total;
             plane_corr(g, Wp, U, Hn, Ff);
-            for (int64_t yy = 0; yy < H; yy++) {
-                const float *ur = U + yy * Wp;
+            unpad_plane(g, Wp, u, U);
+            if (dv) {
+                float *dvc = dv + c * P;
 #pragma omp simd
-                for (int64_t x = 0; x < W; x++) {
-                    int64_t p = yy * W + x;
-                    if (dv) dv[c * P + p] = E[p] * ur[x];
-                    vu[p] += vc[p] * ur[x];
-                }
+                for (int64_t p = 0; p < P; p++) dvc[p] = E[p] * u[p];
             }
+#pragma omp simd
+            for (int64_t p = 0; p < P; p++) vu[p] += vc[p] * u[p];
         }
         if (dw) {
             /* + exp(w - r) sum_p Hn_p V_{p+d} E_{p+d} */
-            for (int64_t yy = 0; yy < H; yy++) {
-                float *xr = X + org + yy * Wp;
 #pragma omp simd
-                for (int64_t x = 0; x < W; x++) xr[x] = E[yy * W + x] * vc[yy * W + x];
-            }
+            for (int64_t p = 0; p < P; p++) u[p] = E[p] * vc[p];
+            pad_plane(g, Wp, X + org, u);
             plane_dot(g, Wp, dw, 1.0, ew, Hn + org, X);
         }
     }
     /* a, padded */
-    memset(ad, 0, sizeof(float) * (size_t)pg.n);
-    for (int64_t yy = 0; yy < H; yy++) memcpy(ad + org + yy * Wp, ap + yy * W, sizeof(float) * (size_t)W);
+    pad_plane(g, Wp, ad + org, ap);
     if (dkp) {
         float total = (float)(osc * plane_sum(ap, P));
-        for (int64_t o = 0; o < plane_rows(g, Wp); o++) U[o] = total;
+        for (int64_t o = 0; o < no; o++) U[o] = total;
         plane_corr(g, Wp, U, ad, Ff);
-        for (int64_t yy = 0; yy < H; yy++)
+        unpad_plane(g, Wp, u, U);
 #pragma omp simd
-            for (int64_t x = 0; x < W; x++) {
-                int64_t p = yy * W + x;
-                dkp[p] = E[p] * (vu[p] - U[yy * Wp + x]);
-            }
+        for (int64_t p = 0; p < P; p++) dkp[p] = E[p] * (vu[p] - u[p]);
     }
     if (dw) {
         /* - exp(w - r) sum_p a_p E_{p+d} */
-        memset(Ep, 0, sizeof(float) * (size_t)pg.n);
-        for (int64_t yy = 0; yy < H; yy++) memcpy(Ep + org + yy * Wp, E + yy * W, sizeof(float) * (size_t)W);
+        pad_plane(g, Wp, Ep + org, E);
         plane_dot(g, Wp, dw, -1.0, ew, ad + org, Ep);
     }
     if (flagged == 0) return;
@@ -383,8 +430,8 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
             bool in_window = i >= 0 && i < g->kh && j >= 0 && j < g->kw;
             double gk = 0;
             for (int64_t c = 0; c < g->cg; c++) {
-                float h = G[c * P + p] * aft_sigmoid(q[c * P + p]);
-                float gg = h * alpha, dvc = v[c * P + pk] - A[c * P + p];
+                float hh = G[c * P + p] * aft_sigmoid(q[c * P + p]);
+                float gg = hh * alpha, dvc = v[c * P + pk] - A[c * P + p];
                 if (dv) dv[c * P + pk] += gg;
                 gk += gg * dvc;
             }
@@ -399,22 +446,21 @@ static xt_status conv_backward(const conv_geom *g, const float *q, const float *
                                const float *G, conv_grads d)
 {
     int nt = omp_get_max_threads();
-    int64_t nf = conv_scratch_floats(g);
-    xt_tensor *hold = NULL;
-    float *scratch = aft_buffer(&hold, nf * nt);
-    if (!scratch) return xt_last_status();
+    int64_t nf = conv_scratch_floats(g), kn = KERN(g->kk);
+    conv_work cw;
+    if (!conv_work_init(g, w, nt, &cw)) return xt_last_status();
     int64_t tasks = g->B * g->heads;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) \
     if (g->B * g->C * g->P * g->kk > XT_PARALLEL_GRAIN)
     for (int64_t task = 0; task < tasks; task++) {
         int64_t b = task / g->heads, i = task % g->heads;
         int64_t off = (b * g->C + i * g->cg) * g->P, koff = task * g->P;
-        conv_backward_head(g, q + off, k + koff, v + off, w + i * g->kk, A + off, lam + koff,
-                           G + off, d.dq ? d.dq + off : NULL, d.dk ? d.dk + koff : NULL,
-                           d.dv ? d.dv + off : NULL, d.dw ? d.dw + task * g->kk : NULL,
-                           scratch + omp_get_thread_num() * nf);
+        conv_backward_head(g, cw.kern + i * kn, q + off, k + koff, v + off, w + i * g->kk,
+                           A + off, lam + koff, G + off, d.dq ? d.dq + off : NULL,
+                           d.dk ? d.dk + koff : NULL, d.dv ? d.dv + off : NULL,
+                           d.dw ? d.dw + task * g->kk : NULL, cw.scratch + omp_get_thread_num() * nf);
     }
-    xt_tensor_release(hold);
+    aft_release(3, cw.hold);
     return XT_OK;
 }
 
