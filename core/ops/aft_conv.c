@@ -103,10 +103,16 @@ static double direct_lse(const conv_geom *g, const float *kp, const float *wh, i
  * x >= W of an output are spare (dropped); read from a padded plane's interior they are
  * its border, zeros, which is what plane_dot relies on. Only interiors are ever written
  * (pad_plane), so a padded plane's border, zeroed once with its scratch, stays zero. */
-/* Window sums go in blocks of PLANE_BLOCK outputs that stay in registers over all the
- * taps; planes are allocated with room for whole blocks (plane_rows), the padded ones
- * with PLANE_BLOCK more zeros of slack. */
-#define PLANE_BLOCK 32
+/* Window sums go in blocks of whole vectors of PLANE_VEC floats that stay in registers
+ * over all the taps, up to PLANE_MAXV vectors per block (independent chains of
+ * multiply-adds); planes are allocated with room for whole vectors (plane_rows), the
+ * padded ones with PLANE_VEC more zeros of slack. */
+#define PLANE_VEC 16
+#if defined(__AVX512F__)
+#define PLANE_MAXV 8
+#else
+#define PLANE_MAXV 4
+#endif
 
 typedef struct pad_geom {
     int64_t Wp, n, origin; /* n: floats of a padded plane; origin: offset of position (0,0) */
@@ -116,15 +122,42 @@ static pad_geom pad_layout(const conv_geom *g)
 {
     pad_geom pg;
     pg.Wp = g->W + g->kw - 1;
-    pg.n = (g->H + g->kh - 1) * pg.Wp + g->kw - 1 + PLANE_BLOCK;
+    pg.n = (g->H + g->kh - 1) * pg.Wp + g->kw - 1 + PLANE_VEC;
     pg.origin = (g->kh / 2) * pg.Wp + g->kw / 2;
     return pg;
 }
 
-/* Floats of an output plane [H, Wp] rounded up to whole blocks. */
+/* Floats of an output plane [H, Wp] rounded up to whole vectors. */
 static int64_t plane_rows(const conv_geom *g, int64_t Wp)
 {
-    return (g->H * Wp + PLANE_BLOCK - 1) / PLANE_BLOCK * PLANE_BLOCK;
+    return (g->H * Wp + PLANE_VEC - 1) / PLANE_VEC * PLANE_VEC;
+}
+
+/* The vectors of an output plane in blocks of near-equal sizes, at most PLANE_MAXV each:
+ * block b starts at vector start(b) and has size(b) vectors. */
+typedef struct plane_blocks {
+    int64_t n, base, extra; /* n blocks, the first `extra` of base + 1 vectors, the rest base */
+} plane_blocks;
+
+static plane_blocks plane_split(int64_t vectors)
+{
+    plane_blocks pb;
+    pb.n = (vectors + PLANE_MAXV - 1) / PLANE_MAXV;
+    pb.base = vectors / pb.n, pb.extra = vectors % pb.n;
+    return pb;
+}
+
+static inline int64_t block_start(const plane_blocks *pb, int64_t b)
+{
+    return b * pb->base + (b < pb->extra ? b : pb->extra);
+}
+
+/* Asks for n floats at x to be brought into cache (the next channel's planes, while this
+ * one's window sums run: short bursts of streaming reads that the hardware prefetcher
+ * picks up late). */
+static inline void prefetch_floats(const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i, 0, 3);
 }
 
 /* A compact plane [H, W] into rows of stride Wp (a padded plane's interior) and back. */
@@ -140,39 +173,66 @@ static void unpad_plane(const conv_geom *g, int64_t Wp, float *dst, const float 
         for (int64_t x = 0; x < g->W; x++) dst[y * g->W + x] = src[y * Wp + x];
 }
 
+/* One block of nv vectors from o: out[o..] += sum_{i,j} F[i kw + j] in[o + i Wp + j ..]. */
+static inline __attribute__((always_inline)) void corr_block(const conv_geom *g, int64_t Wp,
+                                                             float *out, const float *in,
+                                                             const float *F, const int nv)
+{
+    float acc[PLANE_MAXV * PLANE_VEC];
+    memcpy(acc, out, sizeof(float) * (size_t)(nv * PLANE_VEC));
+    for (int64_t i = 0; i < g->kh; i++)
+        for (int64_t j = 0; j < g->kw; j++) {
+            const float *s = in + i * Wp + j, f = F[i * g->kw + j];
+#pragma omp simd
+            for (int t = 0; t < nv * PLANE_VEC; t++) acc[t] += f * s[t];
+        }
+    memcpy(out, acc, sizeof(float) * (size_t)(nv * PLANE_VEC));
+}
+
 /* out[o] += sum_{i,j} F[i kw + j] in[o + i Wp + j], o < H Wp, the taps in order. */
 static void plane_corr(const conv_geom *g, int64_t Wp, float *out, const float *in,
                        const float *F)
 {
-    int64_t n = plane_rows(g, Wp);
-    for (int64_t o0 = 0; o0 < n; o0 += PLANE_BLOCK) {
-        float acc[PLANE_BLOCK];
-        memcpy(acc, out + o0, sizeof acc);
-        for (int64_t i = 0; i < g->kh; i++)
-            for (int64_t j = 0; j < g->kw; j++) {
-                const float *s = in + i * Wp + j + o0, f = F[i * g->kw + j];
-#pragma omp simd
-                for (int64_t t = 0; t < PLANE_BLOCK; t++) acc[t] += f * s[t];
-            }
-        memcpy(out + o0, acc, sizeof acc);
+    plane_blocks pb = plane_split(plane_rows(g, Wp) / PLANE_VEC);
+    for (int64_t b = 0; b < pb.n; b++) {
+        int64_t o = block_start(&pb, b) * PLANE_VEC;
+        switch (pb.base + (b < pb.extra)) {
+#define CORR_CASE(n) \
+    case n: corr_block(g, Wp, out + o, in + o, F, n); break;
+            CORR_CASE(1) CORR_CASE(2) CORR_CASE(3) CORR_CASE(4)
+#if PLANE_MAXV > 4
+            CORR_CASE(5) CORR_CASE(6) CORR_CASE(7) CORR_CASE(8)
+#endif
+#undef CORR_CASE
+        }
     }
 }
 
-/* dw[i kw + j] += sign scale[i kw + j] sum_{o < H Wp} a[o] in[o + i Wp + j] (a's spare
- * columns and slack are 0): each lane of a block sums in float, the lanes in double. */
-static void plane_dot(const conv_geom *g, int64_t Wp, double *dw, double sign,
+/* dwl[i kw + j][lane] += sign scale[i kw + j] sum_{o < H Wp, o = lane mod PLANE_VEC}
+ * a[o] in[o + i Wp + j] (a's spare columns and slack are 0): each tap's products summed in
+ * float in PLANE_MAXV vectors, folded to one, added into its double lanes (which are summed
+ * once a head is done). */
+static void plane_dot(const conv_geom *g, int64_t Wp, double *dwl, double sign,
                       const float *scale, const float *a, const float *in)
 {
-    int64_t n = plane_rows(g, Wp);
+    enum { L = PLANE_MAXV * PLANE_VEC };
+    int64_t n = plane_rows(g, Wp), nb = n / L * L;
     for (int64_t i = 0; i < g->kh; i++)
         for (int64_t j = 0; j < g->kw; j++) {
             const float *s = in + i * Wp + j;
-            float lane[PLANE_BLOCK] = {0};
-            for (int64_t o0 = 0; o0 < n; o0 += PLANE_BLOCK) {
+            float lane[L] = {0};
+            for (int64_t o0 = 0; o0 < nb; o0 += L) {
 #pragma omp simd
-                for (int64_t t = 0; t < PLANE_BLOCK; t++) lane[t] += a[o0 + t] * s[o0 + t];
+                for (int t = 0; t < L; t++) lane[t] += a[o0 + t] * s[o0 + t];
             }
-            dw[i * g->kw + j] += sign * (double)scale[i * g->kw + j] * plane_sum(lane, PLANE_BLOCK);
+#pragma omp simd
+            for (int64_t t = 0; t < n - nb; t++) lane[t] += a[nb + t] * s[nb + t];
+            for (int v = 1; v < PLANE_MAXV; v++)
+#pragma omp simd
+                for (int t = 0; t < PLANE_VEC; t++) lane[t] += lane[v * PLANE_VEC + t];
+            double f = sign * (double)scale[i * g->kw + j], *d = dwl + (i * g->kw + j) * PLANE_VEC;
+#pragma omp simd
+            for (int t = 0; t < PLANE_VEC; t++) d[t] += f * (double)lane[t];
         }
 }
 
@@ -189,7 +249,8 @@ static int64_t conv_scratch_floats(const conv_geom *g)
 static int64_t conv_scratch_doubles(const conv_geom *g)
 {
     pad_geom pg = pad_layout(g);
-    return pg.n + (g->H + g->kh - 1) * pg.Wp + g->H * pg.Wp;
+    int64_t fwd = pg.n + (g->H + g->kh - 1) * pg.Wp + g->H * pg.Wp, bwd = g->kk * PLANE_VEC;
+    return fwd > bwd ? fwd : bwd;
 }
 
 /* The denominators of one head: lam [P] = log(den) relative to m + r, invd [P] = 1/den (0
@@ -243,8 +304,8 @@ static void conv_forward_head(const conv_geom *g, const float *kern, const float
     int64_t P = g->P, cg = g->cg;
     pad_geom pg = pad_layout(g);
     int64_t Wp = pg.Wp, no = plane_rows(g, Wp);
-    float *E = scratch, *invd = E + P, *t = invd + P;     /* compact planes */
-    float *Ep = t + P, *X = Ep + pg.n;                     /* padded: E and one channel's E V */
+    float *E = scratch, *invd = E + P, *t = invd + P, *sq = t + P; /* compact planes */
+    float *Ep = sq + P, *X = Ep + pg.n;                    /* padded: E and one channel's E V */
     float *num = X + pg.n;                                 /* [H, Wp], two of them */
     float m = keys_exp(P, kp, E), r = kern[3 * g->kk];
     double osc = exp(-(double)r);
@@ -256,11 +317,16 @@ static void conv_forward_head(const conv_geom *g, const float *kern, const float
     for (int64_t c = 0; c < cg; c++) {
         const float *vc = v + c * P, *qc = q + c * P;
         float *yc = y + c * P, *ac = A + c * P;
+        if (c + 1 < cg) {
+            prefetch_floats(vc + P, P);
+            prefetch_floats(qc + P, P);
+        }
         double total = 0;
 #pragma omp simd reduction(+ : total)
         for (int64_t p = 0; p < P; p++) {
             t[p] = E[p] * vc[p];
             total += t[p];
+            sq[p] = aft_sigmoid(qc[p]);
         }
         pad_plane(g, Wp, X + pg.origin, t);
         float start = (float)(osc * total);
@@ -271,7 +337,7 @@ static void conv_forward_head(const conv_geom *g, const float *kern, const float
         for (int64_t p = 0; p < P; p++) {
             float a = invd[p] > 0 ? t[p] * invd[p] : 0.0f;
             ac[p] = a;
-            yc[p] = aft_sigmoid(qc[p]) * a;
+            yc[p] = sq[p] * a;
         }
     }
     if (flagged == 0) return;
@@ -347,7 +413,7 @@ typedef struct conv_grads {
 static void conv_backward_head(const conv_geom *g, const float *kern, const float *q,
                                const float *kp, const float *v, const float *wh, const float *A,
                                const float *lam, const float *G, float *dq, float *dkp,
-                               float *dv, double *dw, float *scratch)
+                               float *dv, double *dw, float *scratch, double *dwl)
 {
     int64_t P = g->P, W = g->W, kk = g->kk, cg = g->cg;
     pad_geom pg = pad_layout(g);
@@ -361,6 +427,7 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
     float m = keys_exp(P, kp, E), r = kern[3 * kk];
     double osc = exp(-(double)r);
     bool need_kv = dkp || dv;
+    if (dw) memset(dwl, 0, sizeof(double) * (size_t)(kk * PLANE_VEC));
     int64_t flagged = 0;
     for (int64_t p = 0; p < P; p++) {
         bool ok = lam[p] >= AFT_LOG_TINY;
@@ -400,7 +467,7 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
 #pragma omp simd
             for (int64_t p = 0; p < P; p++) u[p] = E[p] * vc[p];
             pad_plane(g, Wp, X + org, u);
-            plane_dot(g, Wp, dw, 1.0, ew, Hn + org, X);
+            plane_dot(g, Wp, dwl, 1.0, ew, Hn + org, X);
         }
     }
     /* a, padded */
@@ -416,7 +483,12 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
     if (dw) {
         /* - exp(w - r) sum_p a_p E_{p+d} */
         pad_plane(g, Wp, Ep + org, E);
-        plane_dot(g, Wp, dw, -1.0, ew, ad + org, Ep);
+        plane_dot(g, Wp, dwl, -1.0, ew, ad + org, Ep);
+        for (int64_t d = 0; d < kk; d++) {
+            double acc = 0;
+            for (int t = 0; t < PLANE_VEC; t++) acc += dwl[d * PLANE_VEC + t];
+            dw[d] += acc;
+        }
     }
     if (flagged == 0) return;
     /* direct sums for the outputs whose den underflowed: alpha = exp(k + w' - L) */
@@ -446,7 +518,7 @@ static xt_status conv_backward(const conv_geom *g, const float *q, const float *
                                const float *G, conv_grads d)
 {
     int nt = omp_get_max_threads();
-    int64_t nf = conv_scratch_floats(g), kn = KERN(g->kk);
+    int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g), kn = KERN(g->kk);
     conv_work cw;
     if (!conv_work_init(g, w, nt, &cw)) return xt_last_status();
     int64_t tasks = g->B * g->heads;
@@ -458,7 +530,8 @@ static xt_status conv_backward(const conv_geom *g, const float *q, const float *
         conv_backward_head(g, cw.kern + i * kn, q + off, k + koff, v + off, w + i * g->kk,
                            A + off, lam + koff, G + off, d.dq ? d.dq + off : NULL,
                            d.dk ? d.dk + koff : NULL, d.dv ? d.dv + off : NULL,
-                           d.dw ? d.dw + task * g->kk : NULL, cw.scratch + omp_get_thread_num() * nf);
+                           d.dw ? d.dw + task * g->kk : NULL, cw.scratch + omp_get_thread_num() * nf,
+                           cw.dscratch + omp_get_thread_num() * nd);
     }
     aft_release(3, cw.hold);
     return XT_OK;
