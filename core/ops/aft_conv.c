@@ -160,6 +160,12 @@ static inline void prefetch_floats(const float *x, int64_t n)
     for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i, 0, 3);
 }
 
+/* The same for n floats about to be written (their lines fetched for ownership early). */
+static inline void prefetch_out(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i, 1, 3);
+}
+
 /* A compact plane [H, W] into rows of stride Wp (a padded plane's interior) and back. */
 static void pad_plane(const conv_geom *g, int64_t Wp, float *dst, const float *src)
 {
@@ -320,6 +326,8 @@ static void conv_forward_head(const conv_geom *g, const float *kern, const float
         if (c + 1 < cg) {
             prefetch_floats(vc + P, P);
             prefetch_floats(qc + P, P);
+            prefetch_out(yc + P, P);
+            prefetch_out(ac + P, P);
         }
         double total = 0;
 #pragma omp simd reduction(+ : total)
@@ -438,6 +446,14 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
     for (int64_t c = 0; c < cg; c++) {
         const float *qc = q + c * P, *gc = G + c * P, *ac = A + c * P, *vc = v + c * P;
         float *dqc = dq ? dq + c * P : NULL;
+        if (c + 1 < cg) {
+            prefetch_floats(qc + P, P);
+            prefetch_floats(gc + P, P);
+            prefetch_floats(ac + P, P);
+            prefetch_floats(vc + P, P);
+            if (dqc) prefetch_out(dqc + P, P);
+            if (dv) prefetch_out(dv + (c + 1) * P, P);
+        }
         double hsum = 0;
 #pragma omp simd reduction(+ : hsum)
         for (int64_t p = 0; p < P; p++) {
@@ -454,13 +470,12 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
             for (int64_t o = 0; o < no; o++) U[o] = total;
             plane_corr(g, Wp, U, Hn, Ff);
             unpad_plane(g, Wp, u, U);
-            if (dv) {
-                float *dvc = dv + c * P;
+            float *dvc = dv ? dv + c * P : NULL;
 #pragma omp simd
-                for (int64_t p = 0; p < P; p++) dvc[p] = E[p] * u[p];
+            for (int64_t p = 0; p < P; p++) {
+                if (dvc) dvc[p] = E[p] * u[p];
+                vu[p] += vc[p] * u[p];
             }
-#pragma omp simd
-            for (int64_t p = 0; p < P; p++) vu[p] += vc[p] * u[p];
         }
         if (dw) {
             /* + exp(w - r) sum_p Hn_p V_{p+d} E_{p+d} */
@@ -491,7 +506,8 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
         }
     }
     if (flagged == 0) return;
-    /* direct sums for the outputs whose den underflowed: alpha = exp(k + w' - L) */
+    /* direct sums for the outputs whose den underflowed, added to dv and dk as made above
+     * (every position of them written there): alpha = exp(k + w' - L) */
     for (int64_t p = 0; p < P; p++) {
         if (lam[p] >= AFT_LOG_TINY) continue;
         double L = (double)lam[p] + m + r;
@@ -561,8 +577,6 @@ static xt_status aft_conv_backward(xt_node *node, xt_tensor *dout, xt_tensor **d
     if (ok) {
         conv_grads d = {dt[0] ? dt[0]->data : NULL, dt[1] ? dt[1]->data : NULL,
                         dt[2] ? dt[2]->data : NULL, dwp};
-        if (d.dk) memset(d.dk, 0, sizeof(float) * (size_t)xt_numel(dt[1]));
-        if (d.dv) memset(d.dv, 0, sizeof(float) * (size_t)xt_numel(dt[2]));
         ok = conv_backward(&g, q->data, k->data, s[2]->data, w->data, s[4]->data, s[5]->data,
                            gc->data, d) == XT_OK;
     }
