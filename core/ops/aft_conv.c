@@ -214,32 +214,73 @@ static void plane_corr(const conv_geom *g, int64_t Wp, float *out, const float *
     }
 }
 
+/* Taps of rows i0 .. i0 + R - 1, KW each: lanes[(r KW + j) PLANE_VEC + t] = sum over the
+ * nvec vectors v of a[v PLANE_VEC + t] in[(i0 + r) Wp + j + v PLANE_VEC + t]. Each vector
+ * of a is loaded once for the R KW taps, whose sums are independent chains in registers. */
+#define DOT_TAPS 16
+
+static inline __attribute__((always_inline)) void dot_rows(int64_t nvec, int64_t Wp,
+                                                           const float *a, const float *in,
+                                                           float *lanes, const int R,
+                                                           const int KW)
+{
+    float acc[DOT_TAPS * PLANE_VEC] = {0};
+    for (int64_t v = 0; v < nvec; v++) {
+        const float *av = a + v * PLANE_VEC;
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < KW; j++) {
+                const float *s = in + r * Wp + j + v * PLANE_VEC;
+                float *d = acc + (r * KW + j) * PLANE_VEC;
+#pragma omp simd
+                for (int t = 0; t < PLANE_VEC; t++) d[t] += av[t] * s[t];
+            }
+    }
+    memcpy(lanes, acc, sizeof(float) * (size_t)(R * KW * PLANE_VEC));
+}
+
+/* dwl[tap][lane] += f[tap] lanes[tap - tap0][lane] for taps tap0 .. tap0 + n - 1 (in double). */
+static void dot_fold(double *dwl, double sign, const float *scale, int64_t tap0, int64_t n,
+                     const float *lanes)
+{
+    for (int64_t d = 0; d < n; d++) {
+        double f = sign * (double)scale[tap0 + d], *dl = dwl + (tap0 + d) * PLANE_VEC;
+        const float *l = lanes + d * PLANE_VEC;
+#pragma omp simd
+        for (int t = 0; t < PLANE_VEC; t++) dl[t] += f * (double)l[t];
+    }
+}
+
 /* dwl[i kw + j][lane] += sign scale[i kw + j] sum_{o < H Wp, o = lane mod PLANE_VEC}
  * a[o] in[o + i Wp + j] (a's spare columns and slack are 0): each tap's products summed in
- * float in PLANE_MAXV vectors, folded to one, added into its double lanes (which are summed
- * once a head is done). */
+ * float lanes, added into its double lanes (which are summed once a head is done). Kernels
+ * 3, 5 and 7 wide go through dot_rows, a few rows at a time; others tap by tap. */
 static void plane_dot(const conv_geom *g, int64_t Wp, double *dwl, double sign,
                       const float *scale, const float *a, const float *in)
 {
-    enum { L = PLANE_MAXV * PLANE_VEC };
-    int64_t n = plane_rows(g, Wp), nb = n / L * L;
-    for (int64_t i = 0; i < g->kh; i++)
-        for (int64_t j = 0; j < g->kw; j++) {
-            const float *s = in + i * Wp + j;
-            float lane[L] = {0};
-            for (int64_t o0 = 0; o0 < nb; o0 += L) {
-#pragma omp simd
-                for (int t = 0; t < L; t++) lane[t] += a[o0 + t] * s[o0 + t];
+    int64_t nvec = plane_rows(g, Wp) / PLANE_VEC, kh = g->kh, kw = g->kw;
+    float lanes[DOT_TAPS * PLANE_VEC];
+    for (int64_t i = 0; i < kh;) {
+        const float *s = in + i * Wp;
+        int64_t rows = kw == 3 ? 3 : kw == 5 || kw == 7 ? 2 : 1;
+        rows = i + rows <= kh ? rows : 1;
+        switch (kw * 4 + rows) {
+        case 3 * 4 + 3: dot_rows(nvec, Wp, a, s, lanes, 3, 3); break;
+        case 3 * 4 + 1: dot_rows(nvec, Wp, a, s, lanes, 1, 3); break;
+        case 5 * 4 + 2: dot_rows(nvec, Wp, a, s, lanes, 2, 5); break;
+        case 5 * 4 + 1: dot_rows(nvec, Wp, a, s, lanes, 1, 5); break;
+        case 7 * 4 + 2: dot_rows(nvec, Wp, a, s, lanes, 2, 7); break;
+        case 7 * 4 + 1: dot_rows(nvec, Wp, a, s, lanes, 1, 7); break;
+        default:
+            for (int64_t j = 0; j < kw; j++) {
+                dot_rows(nvec, Wp, a, s + j, lanes, 1, 1);
+                dot_fold(dwl, sign, scale, i * kw + j, 1, lanes);
             }
-#pragma omp simd
-            for (int64_t t = 0; t < n - nb; t++) lane[t] += a[nb + t] * s[nb + t];
-            for (int v = 1; v < PLANE_MAXV; v++)
-#pragma omp simd
-                for (int t = 0; t < PLANE_VEC; t++) lane[t] += lane[v * PLANE_VEC + t];
-            double f = sign * (double)scale[i * g->kw + j], *d = dwl + (i * g->kw + j) * PLANE_VEC;
-#pragma omp simd
-            for (int t = 0; t < PLANE_VEC; t++) d[t] += f * (double)lane[t];
+            i++;
+            continue;
         }
+        dot_fold(dwl, sign, scale, i * kw, rows * kw, lanes);
+        i += rows;
+    }
 }
 
 /* ---- forward -------------------------------------------------------------------------- */
