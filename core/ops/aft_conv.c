@@ -48,6 +48,7 @@ static double plane_sum(const float *x, int64_t P)
 static float keys_exp(int64_t P, const float *kp, float *E)
 {
     float m = -INFINITY;
+#pragma omp simd reduction(max : m)
     for (int64_t p = 0; p < P; p++) m = kp[p] > m ? kp[p] : m;
 #pragma omp simd
     for (int64_t p = 0; p < P; p++) E[p] = aft_exp(kp[p] - m);
@@ -170,13 +171,13 @@ static inline void prefetch_out(float *x, int64_t n)
 static void pad_plane(const conv_geom *g, int64_t Wp, float *dst, const float *src)
 {
     for (int64_t y = 0; y < g->H; y++)
-        for (int64_t x = 0; x < g->W; x++) dst[y * Wp + x] = src[y * g->W + x];
+        memcpy(dst + y * Wp, src + y * g->W, sizeof(float) * (size_t)g->W);
 }
 
 static void unpad_plane(const conv_geom *g, int64_t Wp, float *dst, const float *src)
 {
     for (int64_t y = 0; y < g->H; y++)
-        for (int64_t x = 0; x < g->W; x++) dst[y * g->W + x] = src[y * Wp + x];
+        memcpy(dst + y * g->W, src + y * Wp, sizeof(float) * (size_t)g->W);
 }
 
 /* One block of nv vectors from o: out[o..] += sum_{i,j} F[i kw + j] in[o + i Wp + j ..]. */
