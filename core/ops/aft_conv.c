@@ -36,6 +36,17 @@ typedef struct conv_geom {
     int64_t kh, kw, kk;
 } conv_geom;
 
+/* Window sums go in blocks of whole vectors of PLANE_VEC floats that stay in registers
+ * over all the taps, up to PLANE_MAXV vectors per block (independent chains of
+ * multiply-adds); planes are allocated with room for whole vectors (plane_rows), the
+ * padded ones with PLANE_VEC more zeros of slack. */
+#define PLANE_VEC 16
+#if defined(__AVX512F__)
+#define PLANE_MAXV 8
+#else
+#define PLANE_MAXV 4
+#endif
+
 static double plane_sum(const float *x, int64_t P)
 {
     double s = 0;
@@ -47,9 +58,14 @@ static double plane_sum(const float *x, int64_t P)
 /* E = exp(k - m) over one head's plane (P); returns m, the max key. */
 static float keys_exp(int64_t P, const float *kp, float *E)
 {
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int64_t p = 0; p < P; p++) m = kp[p] > m ? kp[p] : m;
+    float lane[PLANE_VEC], m = -INFINITY;
+    int64_t p0 = P / PLANE_VEC * PLANE_VEC;
+    for (int t = 0; t < PLANE_VEC; t++) lane[t] = -INFINITY;
+    for (int64_t p = 0; p < p0; p += PLANE_VEC) /* PLANE_VEC independent maxima */
+#pragma omp simd
+        for (int t = 0; t < PLANE_VEC; t++) lane[t] = kp[p + t] > lane[t] ? kp[p + t] : lane[t];
+    for (int64_t p = p0; p < P; p++) m = kp[p] > m ? kp[p] : m;
+    for (int t = 0; t < PLANE_VEC; t++) m = lane[t] > m ? lane[t] : m;
 #pragma omp simd
     for (int64_t p = 0; p < P; p++) E[p] = aft_exp(kp[p] - m);
     return m;
@@ -104,17 +120,6 @@ static double direct_lse(const conv_geom *g, const float *kp, const float *wh, i
  * x >= W of an output are spare (dropped); read from a padded plane's interior they are
  * its border, zeros, which is what plane_dot relies on. Only interiors are ever written
  * (pad_plane), so a padded plane's border, zeroed once with its scratch, stays zero. */
-/* Window sums go in blocks of whole vectors of PLANE_VEC floats that stay in registers
- * over all the taps, up to PLANE_MAXV vectors per block (independent chains of
- * multiply-adds); planes are allocated with room for whole vectors (plane_rows), the
- * padded ones with PLANE_VEC more zeros of slack. */
-#define PLANE_VEC 16
-#if defined(__AVX512F__)
-#define PLANE_MAXV 8
-#else
-#define PLANE_MAXV 4
-#endif
-
 typedef struct pad_geom {
     int64_t Wp, n, origin; /* n: floats of a padded plane; origin: offset of position (0,0) */
 } pad_geom;
@@ -168,16 +173,30 @@ static inline void prefetch_out(float *x, int64_t n)
 }
 
 /* A compact plane [H, W] into rows of stride Wp (a padded plane's interior) and back. */
+/* n floats from src to dst (not overlapping), in chunks of 8 (or 4) with the last one
+ * ending at n, overlapping the one before: no scalar tail for rows of 7 or 14. */
+static inline void copy_row(float *dst, const float *src, int64_t n)
+{
+    if (n >= 8) {
+        int64_t x = 0;
+        for (; x + 8 <= n; x += 8) memcpy(dst + x, src + x, 8 * sizeof(float));
+        if (x < n) memcpy(dst + n - 8, src + n - 8, 8 * sizeof(float));
+    } else if (n >= 4) {
+        memcpy(dst, src, 4 * sizeof(float));
+        memcpy(dst + n - 4, src + n - 4, 4 * sizeof(float));
+    } else {
+        for (int64_t x = 0; x < n; x++) dst[x] = src[x];
+    }
+}
+
 static void pad_plane(const conv_geom *g, int64_t Wp, float *dst, const float *src)
 {
-    for (int64_t y = 0; y < g->H; y++)
-        memcpy(dst + y * Wp, src + y * g->W, sizeof(float) * (size_t)g->W);
+    for (int64_t y = 0; y < g->H; y++) copy_row(dst + y * Wp, src + y * g->W, g->W);
 }
 
 static void unpad_plane(const conv_geom *g, int64_t Wp, float *dst, const float *src)
 {
-    for (int64_t y = 0; y < g->H; y++)
-        memcpy(dst + y * g->W, src + y * Wp, sizeof(float) * (size_t)g->W);
+    for (int64_t y = 0; y < g->H; y++) copy_row(dst + y * g->W, src + y * Wp, g->W);
 }
 
 /* One block of nv vectors from o: out[o..] += sum_{i,j} F[i kw + j] in[o + i Wp + j ..]. */
