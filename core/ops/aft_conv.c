@@ -172,7 +172,6 @@ static inline void prefetch_out(float *x, int64_t n)
     for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i, 1, 3);
 }
 
-/* A compact plane [H, W] into rows of stride Wp (a padded plane's interior) and back. */
 /* n floats from src to dst (not overlapping), in chunks of 8 (or 4) with the last one
  * ending at n, overlapping the one before: no scalar tail for rows of 7 or 14. */
 static inline void copy_row(float *dst, const float *src, int64_t n)
@@ -189,6 +188,7 @@ static inline void copy_row(float *dst, const float *src, int64_t n)
     }
 }
 
+/* A compact plane [H, W] into rows of stride Wp (a padded plane's interior) and back. */
 static void pad_plane(const conv_geom *g, int64_t Wp, float *dst, const float *src)
 {
     for (int64_t y = 0; y < g->H; y++) copy_row(dst + y * Wp, src + y * g->W, g->W);
