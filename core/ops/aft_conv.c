@@ -12,14 +12,16 @@
  *
  * Stability: E = exp(k - m) with m the head's max key; the biases enter as
  * exp(w - r) with r = max(0, max w[head]), so F' = exp(w - r) - exp(-r) and the global
- * sums are scaled by exp(-r). The denominator (one per head and position) is computed in
- * double as exp(-r) * (outside keys) + (window keys weighted by exp(w - r)), with the
- * outside part clamped at 0, so it stays positive; an underflowed one is recomputed with
- * its own exact maximum (aft.h). The forward saves A = num / den and log(den) per head and
- * position.
+ * sums are scaled by exp(-r). The denominator (one per head and position) is
+ * exp(-r) * (outside keys) + (window keys weighted by exp(w - r)): the outside keys are
+ * the head's sum minus the window's, both in double, clamped at 0, so it stays positive;
+ * the weighted window keys are all positive terms (float). An underflowed one is
+ * recomputed with its own exact maximum (aft.h). The forward saves A = num / den and
+ * log(den) per head and position.
  *
- * Work: one task per (batch item, head); per channel, the window sum is kh*kw shifted
- * multiply-adds of a plane (contiguous rows). Backward (Hn = G sigmoid(q) / den,
+ * Work: one task per (batch item, head). Per-position arithmetic (exp, sigmoid, products)
+ * runs over whole compact planes [H*W]; only the window sums run on padded planes (below),
+ * to which planes are copied row by row. Backward (Hn = G sigmoid(q) / den,
  * a = sum over the head's channels of Hn A):
  *   U = exp(-r) sum_p Hn + conv^T(Hn, F'),  Ua likewise from a,
  *   dV = E U,  dK = E (sum_c V U - Ua),  dw[d] = exp(w[d] - r) sum_p E_{p+d} (sum_c Hn_p V_{p+d} - a_p)
@@ -34,6 +36,17 @@ typedef struct conv_geom {
     int64_t kh, kw, kk;
 } conv_geom;
 
+/* Window sums go in blocks of whole vectors of PLANE_VEC floats that stay in registers
+ * over all the taps, up to PLANE_MAXV vectors per block (independent chains of
+ * multiply-adds); planes are allocated with room for whole vectors (plane_rows), the
+ * padded ones with PLANE_VEC more zeros of slack. */
+#define PLANE_VEC 16
+#if defined(__AVX512F__)
+#define PLANE_MAXV 8
+#else
+#define PLANE_MAXV 4
+#endif
+
 static double plane_sum(const float *x, int64_t P)
 {
     double s = 0;
@@ -42,23 +55,41 @@ static double plane_sum(const float *x, int64_t P)
     return s;
 }
 
-/* The head's offsets: E = exp(k - m) into E (returns m); r = max(0, max w); F' = exp(w - r)
- * - exp(-r) and ew = exp(w - r) into F and ew (kk each). */
-static float head_setup(const conv_geom *g, const float *kp, const float *wh, float *E,
-                        float *F, float *ew, float *r_out)
+/* E = exp(k - m) over one head's plane (P); returns m, the max key. */
+static float keys_exp(int64_t P, const float *kp, float *E)
 {
-    float m = -INFINITY, r = 0.0f;
-    for (int64_t p = 0; p < g->P; p++) m = kp[p] > m ? kp[p] : m;
+    float lane[PLANE_VEC], m = -INFINITY;
+    int64_t p0 = P / PLANE_VEC * PLANE_VEC;
+    for (int t = 0; t < PLANE_VEC; t++) lane[t] = -INFINITY;
+    for (int64_t p = 0; p < p0; p += PLANE_VEC) /* PLANE_VEC independent maxima */
 #pragma omp simd
-    for (int64_t p = 0; p < g->P; p++) E[p] = aft_exp(kp[p] - m);
-    for (int64_t d = 0; d < g->kk; d++) r = wh[d] > r ? wh[d] : r;
-    float osc = expf(-r);
-    for (int64_t d = 0; d < g->kk; d++) {
-        ew[d] = expf(wh[d] - r);
-        F[d] = ew[d] - osc;
-    }
-    *r_out = r;
+        for (int t = 0; t < PLANE_VEC; t++) lane[t] = kp[p + t] > lane[t] ? kp[p + t] : lane[t];
+    for (int64_t p = p0; p < P; p++) m = kp[p] > m ? kp[p] : m;
+    for (int t = 0; t < PLANE_VEC; t++) m = lane[t] > m ? lane[t] : m;
+#pragma omp simd
+    for (int64_t p = 0; p < P; p++) E[p] = aft_exp(kp[p] - m);
     return m;
+}
+
+/* Per head, once per call, kern [heads, KERN(kk)]: F' = exp(w - r) - exp(-r) (kk), the same
+ * reversed for the transposed correlation (kk), ew = exp(w - r) (kk), and r = max(0, max w). */
+#define KERN(kk) (3 * (kk) + 1)
+
+static void kernel_setup(const conv_geom *g, const float *w, float *kern)
+{
+    int64_t kk = g->kk;
+    for (int64_t i = 0; i < g->heads; i++) {
+        const float *wh = w + i * kk;
+        float *F = kern + i * KERN(kk), *Ff = F + kk, *ew = Ff + kk, r = 0.0f;
+        for (int64_t d = 0; d < kk; d++) r = wh[d] > r ? wh[d] : r;
+        float osc = expf(-r);
+        for (int64_t d = 0; d < kk; d++) {
+            ew[d] = expf(wh[d] - r);
+            F[d] = ew[d] - osc;
+        }
+        for (int64_t d = 0; d < kk; d++) Ff[d] = F[kk - 1 - d];
+        ew[kk] = r;
+    }
 }
 
 /* The bias between query p and key pk: w inside the window, 0 outside. */
@@ -87,12 +118,8 @@ static double direct_lse(const conv_geom *g, const float *kp, const float *wh, i
  * same row stride, [H, Wp]: output o = y Wp + x reads the padded input at o + i Wp + j for
  * tap (i, j), so each tap is one contiguous multiply-add over the whole plane. The columns
  * x >= W of an output are spare (dropped); read from a padded plane's interior they are
- * its border, zeros, which is what plane_dot relies on. */
-/* Window sums go in blocks of PLANE_BLOCK outputs that stay in registers over all the
- * taps; planes are allocated with room for whole blocks (plane_rows), the padded ones
- * with PLANE_BLOCK more zeros of slack. */
-#define PLANE_BLOCK 32
-
+ * its border, zeros, which is what plane_dot relies on. Only interiors are ever written
+ * (pad_plane), so a padded plane's border, zeroed once with its scratch, stays zero. */
 typedef struct pad_geom {
     int64_t Wp, n, origin; /* n: floats of a padded plane; origin: offset of position (0,0) */
 } pad_geom;
@@ -101,127 +128,285 @@ static pad_geom pad_layout(const conv_geom *g)
 {
     pad_geom pg;
     pg.Wp = g->W + g->kw - 1;
-    pg.n = (g->H + g->kh - 1) * pg.Wp + g->kw - 1 + PLANE_BLOCK;
+    pg.n = (g->H + g->kh - 1) * pg.Wp + g->kw - 1 + PLANE_VEC;
     pg.origin = (g->kh / 2) * pg.Wp + g->kw / 2;
     return pg;
 }
 
-
-/* Floats of an output plane [H, Wp] rounded up to whole blocks. */
+/* Floats of an output plane [H, Wp] rounded up to whole vectors. */
 static int64_t plane_rows(const conv_geom *g, int64_t Wp)
 {
-    return (g->H * Wp + PLANE_BLOCK - 1) / PLANE_BLOCK * PLANE_BLOCK;
+    return (g->H * Wp + PLANE_VEC - 1) / PLANE_VEC * PLANE_VEC;
+}
+
+/* The vectors of an output plane in blocks of near-equal sizes, at most PLANE_MAXV each:
+ * block b starts at vector start(b) and has size(b) vectors. */
+typedef struct plane_blocks {
+    int64_t n, base, extra; /* n blocks, the first `extra` of base + 1 vectors, the rest base */
+} plane_blocks;
+
+static plane_blocks plane_split(int64_t vectors)
+{
+    plane_blocks pb;
+    pb.n = (vectors + PLANE_MAXV - 1) / PLANE_MAXV;
+    pb.base = vectors / pb.n, pb.extra = vectors % pb.n;
+    return pb;
+}
+
+static inline int64_t block_start(const plane_blocks *pb, int64_t b)
+{
+    return b * pb->base + (b < pb->extra ? b : pb->extra);
+}
+
+/* Asks for n floats at x to be brought into cache (the next channel's planes, while this
+ * one's window sums run: short bursts of streaming reads that the hardware prefetcher
+ * picks up late). */
+static inline void prefetch_floats(const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i, 0, 3);
+}
+
+/* The same for n floats about to be written (their lines fetched for ownership early). */
+static inline void prefetch_out(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i, 1, 3);
+}
+
+/* n floats from src to dst (not overlapping), in chunks of 8 (or 4) with the last one
+ * ending at n, overlapping the one before: no scalar tail for rows of 7 or 14. */
+static inline void copy_row(float *dst, const float *src, int64_t n)
+{
+    if (n >= 8) {
+        int64_t x = 0;
+        for (; x + 8 <= n; x += 8) memcpy(dst + x, src + x, 8 * sizeof(float));
+        if (x < n) memcpy(dst + n - 8, src + n - 8, 8 * sizeof(float));
+    } else if (n >= 4) {
+        memcpy(dst, src, 4 * sizeof(float));
+        memcpy(dst + n - 4, src + n - 4, 4 * sizeof(float));
+    } else {
+        for (int64_t x = 0; x < n; x++) dst[x] = src[x];
+    }
+}
+
+/* A compact plane [H, W] into rows of stride Wp (a padded plane's interior) and back. */
+static void pad_plane(const conv_geom *g, int64_t Wp, float *dst, const float *src)
+{
+    for (int64_t y = 0; y < g->H; y++) copy_row(dst + y * Wp, src + y * g->W, g->W);
+}
+
+static void unpad_plane(const conv_geom *g, int64_t Wp, float *dst, const float *src)
+{
+    for (int64_t y = 0; y < g->H; y++) copy_row(dst + y * g->W, src + y * Wp, g->W);
+}
+
+/* One block of nv vectors from o: out[o..] += sum_{i,j} F[i kw + j] in[o + i Wp + j ..]. */
+static inline __attribute__((always_inline)) void corr_block(const conv_geom *g, int64_t Wp,
+                                                             float *out, const float *in,
+                                                             const float *F, const int nv)
+{
+    float acc[PLANE_MAXV * PLANE_VEC];
+    memcpy(acc, out, sizeof(float) * (size_t)(nv * PLANE_VEC));
+    for (int64_t i = 0; i < g->kh; i++)
+        for (int64_t j = 0; j < g->kw; j++) {
+            const float *s = in + i * Wp + j, f = F[i * g->kw + j];
+#pragma omp simd
+            for (int t = 0; t < nv * PLANE_VEC; t++) acc[t] += f * s[t];
+        }
+    memcpy(out, acc, sizeof(float) * (size_t)(nv * PLANE_VEC));
 }
 
 /* out[o] += sum_{i,j} F[i kw + j] in[o + i Wp + j], o < H Wp, the taps in order. */
 static void plane_corr(const conv_geom *g, int64_t Wp, float *out, const float *in,
                        const float *F)
 {
-    int64_t n = plane_rows(g, Wp);
-    for (int64_t o0 = 0; o0 < n; o0 += PLANE_BLOCK) {
-        float acc[PLANE_BLOCK];
-        memcpy(acc, out + o0, sizeof acc);
-        for (int64_t i = 0; i < g->kh; i++)
-            for (int64_t j = 0; j < g->kw; j++) {
-                const float *s = in + i * Wp + j + o0, f = F[i * g->kw + j];
-#pragma omp simd
-                for (int64_t t = 0; t < PLANE_BLOCK; t++) acc[t] += f * s[t];
-            }
-        memcpy(out + o0, acc, sizeof acc);
+    plane_blocks pb = plane_split(plane_rows(g, Wp) / PLANE_VEC);
+    for (int64_t b = 0; b < pb.n; b++) {
+        int64_t o = block_start(&pb, b) * PLANE_VEC;
+        switch (pb.base + (b < pb.extra)) {
+#define CORR_CASE(n) \
+    case n: corr_block(g, Wp, out + o, in + o, F, n); break;
+            CORR_CASE(1) CORR_CASE(2) CORR_CASE(3) CORR_CASE(4)
+#if PLANE_MAXV > 4
+            CORR_CASE(5) CORR_CASE(6) CORR_CASE(7) CORR_CASE(8)
+#endif
+#undef CORR_CASE
+        }
     }
 }
 
-/* dw[i kw + j] += sign scale[i kw + j] sum_{o < H Wp} a[o] in[o + i Wp + j] (a's spare
- * columns and slack are 0): each lane of a block sums in float, the lanes in double. */
-static void plane_dot(const conv_geom *g, int64_t Wp, double *dw, double sign,
-                      const float *scale, const float *a, const float *in)
+/* Taps of rows i0 .. i0 + R - 1, KW each: lanes[(r KW + j) PLANE_VEC + t] = sum over the
+ * nvec vectors v of a[v PLANE_VEC + t] in[(i0 + r) Wp + j + v PLANE_VEC + t]. Each vector
+ * of a is loaded once for the R KW taps, whose sums are independent chains in registers. */
+#define DOT_TAPS 16
+
+static inline __attribute__((always_inline)) void dot_rows(int64_t nvec, int64_t Wp,
+                                                           const float *a, const float *in,
+                                                           float *lanes, const int R,
+                                                           const int KW)
 {
-    int64_t n = plane_rows(g, Wp);
-    for (int64_t i = 0; i < g->kh; i++)
-        for (int64_t j = 0; j < g->kw; j++) {
-            const float *s = in + i * Wp + j;
-            float lane[PLANE_BLOCK] = {0};
-            for (int64_t o0 = 0; o0 < n; o0 += PLANE_BLOCK) {
+    float acc[DOT_TAPS * PLANE_VEC] = {0};
+    for (int64_t v = 0; v < nvec; v++) {
+        const float *av = a + v * PLANE_VEC;
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < KW; j++) {
+                const float *s = in + r * Wp + j + v * PLANE_VEC;
+                float *d = acc + (r * KW + j) * PLANE_VEC;
 #pragma omp simd
-                for (int64_t t = 0; t < PLANE_BLOCK; t++) lane[t] += a[o0 + t] * s[o0 + t];
+                for (int t = 0; t < PLANE_VEC; t++) d[t] += av[t] * s[t];
             }
-            dw[i * g->kw + j] += sign * (double)scale[i * g->kw + j] * plane_sum(lane, PLANE_BLOCK);
-        }
+    }
+    memcpy(lanes, acc, sizeof(float) * (size_t)(R * KW * PLANE_VEC));
 }
 
-/* The kernel reversed, for the transposed correlation (conv^T). */
-static void flip_kernel(const conv_geom *g, const float *F, float *Ff)
+/* dwl[tap][lane] += f[tap] lanes[tap - tap0][lane] for taps tap0 .. tap0 + n - 1 (in double). */
+static void dot_fold(double *dwl, double sign, const float *scale, int64_t tap0, int64_t n,
+                     const float *lanes)
 {
-    for (int64_t d = 0; d < g->kk; d++) Ff[d] = F[g->kk - 1 - d];
+    for (int64_t d = 0; d < n; d++) {
+        double f = sign * (double)scale[tap0 + d], *dl = dwl + (tap0 + d) * PLANE_VEC;
+        const float *l = lanes + d * PLANE_VEC;
+#pragma omp simd
+        for (int t = 0; t < PLANE_VEC; t++) dl[t] += f * (double)l[t];
+    }
+}
+
+/* dwl[i kw + j][lane] += sign scale[i kw + j] sum_{o < H Wp, o = lane mod PLANE_VEC}
+ * a[o] in[o + i Wp + j] (a's spare columns and slack are 0): each tap's products summed in
+ * float lanes, added into its double lanes (which are summed once a head is done). Kernels
+ * 3, 5 and 7 wide go through dot_rows, a few rows at a time; others tap by tap. */
+static void plane_dot(const conv_geom *g, int64_t Wp, double *dwl, double sign,
+                      const float *scale, const float *a, const float *in)
+{
+    int64_t nvec = plane_rows(g, Wp) / PLANE_VEC, kh = g->kh, kw = g->kw;
+    float lanes[DOT_TAPS * PLANE_VEC];
+    for (int64_t i = 0; i < kh;) {
+        const float *s = in + i * Wp;
+        int64_t rows = kw == 3 ? 3 : kw == 5 || kw == 7 ? 2 : 1;
+        rows = i + rows <= kh ? rows : 1;
+        switch (kw * 4 + rows) {
+        case 3 * 4 + 3: dot_rows(nvec, Wp, a, s, lanes, 3, 3); break;
+        case 3 * 4 + 1: dot_rows(nvec, Wp, a, s, lanes, 1, 3); break;
+        case 5 * 4 + 2: dot_rows(nvec, Wp, a, s, lanes, 2, 5); break;
+        case 5 * 4 + 1: dot_rows(nvec, Wp, a, s, lanes, 1, 5); break;
+        case 7 * 4 + 2: dot_rows(nvec, Wp, a, s, lanes, 2, 7); break;
+        case 7 * 4 + 1: dot_rows(nvec, Wp, a, s, lanes, 1, 7); break;
+        default:
+            for (int64_t j = 0; j < kw; j++) {
+                dot_rows(nvec, Wp, a, s + j, lanes, 1, 1);
+                dot_fold(dwl, sign, scale, i * kw + j, 1, lanes);
+            }
+            i++;
+            continue;
+        }
+        dot_fold(dwl, sign, scale, i * kw, rows * kw, lanes);
+        i += rows;
+    }
 }
 
 /* ---- forward -------------------------------------------------------------------------- */
 
-/* One (b, head): y and A for its channels, lam [P] = log(den) relative to m + r. */
-static void conv_forward_head(const conv_geom *g, const float *q, const float *kp,
-                              const float *v, const float *wh, float *y, float *A, float *lam,
-                              float *scratch, double *dscratch)
+/* Scratch per thread, floats and doubles (forward or backward, whichever needs more); the
+ * padded planes in it start zeroed. */
+static int64_t conv_scratch_floats(const conv_geom *g)
 {
-    int64_t P = g->P, H = g->H, W = g->W, cg = g->cg;
     pad_geom pg = pad_layout(g);
-    int64_t Wp = pg.Wp;
-    float *E = scratch, *F = E + P, *ew = F + g->kk, *X = ew + g->kk; /* X: E V padded */
-    float *num = X + pg.n, *invd = num + plane_rows(g, Wp); /* num [H, Wp]; 1/den (0: direct output) */
-    double *Ed = dscratch, *cnt = Ed + pg.n, *inw = cnt + P;
-    float r, m = head_setup(g, kp, wh, E, F, ew, &r);
-    double osc = exp(-(double)r), S = plane_sum(E, P);
+    return 6 * g->P + 4 * pg.n + 2 * plane_rows(g, pg.Wp);
+}
 
-    /* den = exp(-r) (S - window keys) + window keys weighted by exp(w - r), in double */
-    memset(Ed, 0, sizeof(double) * (size_t)pg.n);
-    for (int64_t yy = 0; yy < H; yy++)
-        for (int64_t x = 0; x < W; x++) Ed[pg.origin + yy * Wp + x] = E[yy * W + x];
-    for (int64_t p = 0; p < P; p++) cnt[p] = inw[p] = 0;
-    for (int64_t yy = 0; yy < H; yy++)
-        for (int64_t i = 0; i < g->kh; i++)
-            for (int64_t j = 0; j < g->kw; j++) {
-                const double *s = Ed + (yy + i) * Wp + j;
-                double f = ew[i * g->kw + j], *c = cnt + yy * W, *n = inw + yy * W;
+static int64_t conv_scratch_doubles(const conv_geom *g)
+{
+    pad_geom pg = pad_layout(g);
+    int64_t fwd = pg.n + (g->H + g->kh - 1) * pg.Wp + g->H * pg.Wp, bwd = g->kk * PLANE_VEC;
+    return fwd > bwd ? fwd : bwd;
+}
+
+/* The denominators of one head: lam [P] = log(den) relative to m + r, invd [P] = 1/den (0
+ * where it underflowed: those outputs are made directly). Returns how many underflowed.
+ * E [P] = exp(k - m); Ep: E padded. */
+static int64_t conv_denominators(const conv_geom *g, const float *kern, const float *E,
+                                 float *Ep, float *lam, float *invd, float *buf, double *dscratch)
+{
+    int64_t P = g->P, kk = g->kk;
+    pad_geom pg = pad_layout(g);
+    int64_t Wp = pg.Wp, no = plane_rows(g, Wp), nr = (g->H + g->kh - 1) * Wp, n = g->H * Wp;
+    const float *ew = kern + 2 * kk;
+    double *Ed = dscratch, *rb = Ed + pg.n, *cnt = rb + nr;
+    double osc = exp(-(double)ew[kk]), S = plane_sum(E, P);
+
+    /* window keys: cnt unweighted (in double, box sums: the kw columns, then the kh rows),
+     * inw weighted by exp(w - r) */
+    pad_plane(g, Wp, Ep + pg.origin, E);
+    for (int64_t y = 0; y < g->H; y++)
+        for (int64_t x = 0; x < g->W; x++) Ed[pg.origin + y * Wp + x] = E[y * g->W + x];
+    memset(rb, 0, sizeof(double) * (size_t)nr);
+    for (int64_t j = 0; j < g->kw; j++)
 #pragma omp simd
-                for (int64_t x = 0; x < W; x++) {
-                    c[x] += s[x];
-                    n[x] += f * s[x];
-                }
-            }
-    int64_t flagged = 0;
-#pragma omp simd reduction(+ : flagged)
-    for (int64_t p = 0; p < P; p++) {
-        double out = S - cnt[p], den = osc * (out > 0 ? out : 0) + inw[p];
+        for (int64_t o = 0; o < nr; o++) rb[o] += Ed[o + j];
+    memset(cnt, 0, sizeof(double) * (size_t)n);
+    for (int64_t i = 0; i < g->kh; i++)
+#pragma omp simd
+        for (int64_t o = 0; o < n; o++) cnt[o] += rb[o + i * Wp];
+    float *inw = buf, *lp = buf + no;
+    memset(inw, 0, sizeof(float) * (size_t)no);
+    plane_corr(g, Wp, inw, Ep, ew);
+#pragma omp simd
+    for (int64_t o = 0; o < n; o++) {
+        double out = S - cnt[o], den = osc * (out > 0 ? out : 0) + inw[o];
         bool ok = den >= AFT_TINY;
-        lam[p] = aft_log(ok ? (float)den : 1.0f);
-        invd[p] = ok ? (float)(1.0 / den) : 0.0f;
-        flagged += !ok;
+        lp[o] = aft_log(ok ? (float)den : 1.0f);
+        inw[o] = ok ? (float)(1.0 / den) : 0.0f;
     }
+    unpad_plane(g, Wp, lam, lp);
+    unpad_plane(g, Wp, invd, inw);
+    int64_t flagged = 0;
+    for (int64_t p = 0; p < P; p++) flagged += invd[p] == 0;
+    return flagged;
+}
+
+/* One (b, head): y and A for its channels, lam [P] = log(den) relative to m + r. */
+static void conv_forward_head(const conv_geom *g, const float *kern, const float *q,
+                              const float *kp, const float *v, const float *wh, float *y,
+                              float *A, float *lam, float *scratch, double *dscratch)
+{
+    int64_t P = g->P, cg = g->cg;
+    pad_geom pg = pad_layout(g);
+    int64_t Wp = pg.Wp, no = plane_rows(g, Wp);
+    float *E = scratch, *invd = E + P, *t = invd + P, *sq = t + P; /* compact planes */
+    float *Ep = sq + P, *X = Ep + pg.n;                    /* padded: E and one channel's E V */
+    float *num = X + pg.n;                                 /* [H, Wp], two of them */
+    float m = keys_exp(P, kp, E), r = kern[3 * g->kk];
+    double osc = exp(-(double)r);
+    int64_t flagged = conv_denominators(g, kern, E, Ep, lam, invd, num, dscratch);
     for (int64_t p = 0; p < P && flagged; p++)
         if (invd[p] == 0) lam[p] = (float)(direct_lse(g, kp, wh, p) - m - r);
 
     /* per channel: X = E V (padded), num = exp(-r) sum_p X + the window sums */
-    memset(X, 0, sizeof(float) * (size_t)pg.n);
     for (int64_t c = 0; c < cg; c++) {
         const float *vc = v + c * P, *qc = q + c * P;
-        float *yc = y + c * P, *ac = A + c * P, *xi = X + pg.origin;
-        for (int64_t yy = 0; yy < H; yy++) {
-            const float *er = E + yy * W, *vr = vc + yy * W;
-            float *xr = xi + yy * Wp;
-#pragma omp simd
-            for (int64_t x = 0; x < W; x++) xr[x] = er[x] * vr[x];
+        float *yc = y + c * P, *ac = A + c * P;
+        if (c + 1 < cg) {
+            prefetch_floats(vc + P, P);
+            prefetch_floats(qc + P, P);
+            prefetch_out(yc + P, P);
+            prefetch_out(ac + P, P);
         }
-        float total = (float)(osc * plane_sum(X, pg.n));
-        for (int64_t o = 0; o < plane_rows(g, Wp); o++) num[o] = total;
-        plane_corr(g, Wp, num, X, F);
-        for (int64_t yy = 0; yy < H; yy++) {
-            const float *nr = num + yy * Wp;
+        double total = 0;
+#pragma omp simd reduction(+ : total)
+        for (int64_t p = 0; p < P; p++) {
+            t[p] = E[p] * vc[p];
+            total += t[p];
+            sq[p] = aft_sigmoid(qc[p]);
+        }
+        pad_plane(g, Wp, X + pg.origin, t);
+        float start = (float)(osc * total);
+        for (int64_t o = 0; o < no; o++) num[o] = start;
+        plane_corr(g, Wp, num, X, kern);
+        unpad_plane(g, Wp, t, num);
 #pragma omp simd
-            for (int64_t x = 0; x < W; x++) {
-                int64_t p = yy * W + x;
-                float a = invd[p] > 0 ? nr[x] * invd[p] : 0.0f;
-                ac[p] = a;
-                yc[p] = aft_sigmoid(qc[p]) * a;
-            }
+        for (int64_t p = 0; p < P; p++) {
+            float a = invd[p] > 0 ? t[p] * invd[p] : 0.0f;
+            ac[p] = a;
+            yc[p] = sq[p] * a;
         }
     }
     if (flagged == 0) return;
@@ -239,30 +424,38 @@ static void conv_forward_head(const conv_geom *g, const float *q, const float *k
     }
 }
 
-/* Scratch per thread, floats (forward or backward, whichever needs more) and doubles. */
-static int64_t conv_scratch_floats(const conv_geom *g)
-{
-    pad_geom pg = pad_layout(g);
-    return 6 * g->P + 4 * g->kk + 4 * pg.n + 2 * plane_rows(g, pg.Wp);
-}
+/* Per-thread scratch (zeroed: the padded planes' borders) and the heads' kernels, or NULL
+ * with the error set. */
+typedef struct conv_work {
+    xt_tensor *hold[3];
+    float *scratch, *kern;
+    double *dscratch;
+} conv_work;
 
-static int64_t conv_scratch_doubles(const conv_geom *g)
+static bool conv_work_init(const conv_geom *g, const float *w, int nt, conv_work *cw)
 {
-    return pad_layout(g).n + 2 * g->P;
+    int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g);
+    memset(cw, 0, sizeof *cw);
+    cw->scratch = aft_buffer(&cw->hold[0], nf * nt);
+    cw->dscratch = (double *)aft_buffer(&cw->hold[1], 2 * nd * nt);
+    cw->kern = aft_buffer(&cw->hold[2], g->heads * KERN(g->kk));
+    if (!cw->scratch || !cw->dscratch || !cw->kern) {
+        aft_release(3, cw->hold);
+        return false;
+    }
+    memset(cw->scratch, 0, sizeof(float) * (size_t)(nf * nt));
+    memset(cw->dscratch, 0, sizeof(double) * (size_t)(nd * nt));
+    kernel_setup(g, w, cw->kern);
+    return true;
 }
 
 static xt_status conv_forward(const conv_geom *g, const float *q, const float *k, const float *v,
                               const float *w, float *y, float *A, float *lam)
 {
     int nt = omp_get_max_threads();
-    int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g);
-    xt_tensor *hold[2] = {NULL, NULL};
-    float *scratch = aft_buffer(&hold[0], nf * nt);
-    double *dscratch = (double *)aft_buffer(&hold[1], 2 * nd * nt);
-    if (!scratch || !dscratch) {
-        aft_release(2, hold);
-        return xt_last_status();
-    }
+    int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g), kn = KERN(g->kk);
+    conv_work cw;
+    if (!conv_work_init(g, w, nt, &cw)) return xt_last_status();
     int64_t tasks = g->B * g->heads;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) \
     if (g->B * g->C * g->P * g->kk > XT_PARALLEL_GRAIN)
@@ -270,10 +463,11 @@ static xt_status conv_forward(const conv_geom *g, const float *q, const float *k
         int64_t b = task / g->heads, i = task % g->heads;
         int64_t off = (b * g->C + i * g->cg) * g->P;
         int tid = omp_get_thread_num();
-        conv_forward_head(g, q + off, k + task * g->P, v + off, w + i * g->kk, y + off, A + off,
-                          lam + task * g->P, scratch + tid * nf, dscratch + tid * nd);
+        conv_forward_head(g, cw.kern + i * kn, q + off, k + task * g->P, v + off, w + i * g->kk,
+                          y + off, A + off, lam + task * g->P, cw.scratch + tid * nf,
+                          cw.dscratch + tid * nd);
     }
-    aft_release(2, hold);
+    aft_release(3, cw.hold);
     return XT_OK;
 }
 
@@ -285,23 +479,24 @@ typedef struct conv_grads {
 } conv_grads;
 
 /* One (b, head). Offsets into the tensors are applied by the caller. */
-static void conv_backward_head(const conv_geom *g, const float *q, const float *kp,
-                               const float *v, const float *wh, const float *A,
+static void conv_backward_head(const conv_geom *g, const float *kern, const float *q,
+                               const float *kp, const float *v, const float *wh, const float *A,
                                const float *lam, const float *G, float *dq, float *dkp,
-                               float *dv, double *dw, float *scratch)
+                               float *dv, double *dw, float *scratch, double *dwl)
 {
-    int64_t P = g->P, H = g->H, W = g->W, kk = g->kk, cg = g->cg;
+    int64_t P = g->P, W = g->W, kk = g->kk, cg = g->cg;
     pad_geom pg = pad_layout(g);
-    int64_t Wp = pg.Wp, org = pg.origin;
-    float *E = scratch, *F = E + P, *ew = F + kk, *Ff = ew + kk, *inv = Ff + kk;
-    float *vu = inv + P, *ap = vu + P;   /* sum_c V U;  a = sum_c Hn A */
-    float *Hn = ap + P, *X = Hn + pg.n;  /* one channel's Hn and E V, padded */
+    int64_t Wp = pg.Wp, org = pg.origin, no = plane_rows(g, Wp);
+    const float *Ff = kern + kk, *ew = kern + 2 * kk;
+    float *E = scratch, *inv = E + P, *vu = inv + P, *ap = vu + P; /* sum_c V U; a = sum_c Hn A */
+    float *h = ap + P, *u = h + P;       /* compact: one channel's Hn and U */
+    float *Hn = u + P, *X = Hn + pg.n;   /* one channel's Hn and E V, padded */
     float *ad = X + pg.n, *Ep = ad + pg.n; /* a and E, padded */
     float *U = Ep + pg.n;                /* [H, Wp]: one channel's U, then Ua */
-    float r, m = head_setup(g, kp, wh, E, F, ew, &r);
+    float m = keys_exp(P, kp, E), r = kern[3 * kk];
     double osc = exp(-(double)r);
     bool need_kv = dkp || dv;
-    flip_kernel(g, F, Ff);
+    if (dw) memset(dwl, 0, sizeof(double) * (size_t)(kk * PLANE_VEC));
     int64_t flagged = 0;
     for (int64_t p = 0; p < P; p++) {
         bool ok = lam[p] >= AFT_LOG_TINY;
@@ -309,70 +504,71 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
         flagged += !ok;
         vu[p] = ap[p] = 0;
     }
-    memset(Hn, 0, sizeof(float) * (size_t)pg.n);
-    if (dw) memset(X, 0, sizeof(float) * (size_t)pg.n);
     for (int64_t c = 0; c < cg; c++) {
         const float *qc = q + c * P, *gc = G + c * P, *ac = A + c * P, *vc = v + c * P;
-        for (int64_t yy = 0; yy < H; yy++) {
-            float *hr = Hn + org + yy * Wp;
-#pragma omp simd
-            for (int64_t x = 0; x < W; x++) {
-                int64_t p = yy * W + x;
-                float s = aft_sigmoid(qc[p]);
-                if (dq) dq[c * P + p] = gc[p] * ac[p] * s * (1.0f - s);
-                float h = gc[p] * s * inv[p];
-                hr[x] = h;
-                ap[p] += h * ac[p];
-            }
+        float *dqc = dq ? dq + c * P : NULL;
+        if (c + 1 < cg) {
+            prefetch_floats(qc + P, P);
+            prefetch_floats(gc + P, P);
+            prefetch_floats(ac + P, P);
+            prefetch_floats(vc + P, P);
+            if (dqc) prefetch_out(dqc + P, P);
+            if (dv) prefetch_out(dv + (c + 1) * P, P);
         }
-        double hsum = plane_sum(Hn, pg.n);
+        double hsum = 0;
+#pragma omp simd reduction(+ : hsum)
+        for (int64_t p = 0; p < P; p++) {
+            float s = aft_sigmoid(qc[p]);
+            if (dqc) dqc[p] = gc[p] * ac[p] * s * (1.0f - s);
+            h[p] = gc[p] * s * inv[p];
+            ap[p] += h[p] * ac[p];
+            hsum += h[p];
+        }
+        pad_plane(g, Wp, Hn + org, h);
         if (need_kv) {
             /* U = exp(-r) sum_p Hn + conv^T(Hn, F'); dV = E U, vu += V U */
             float total = (float)(osc * hsum);
-            for (int64_t o = 0; o < plane_rows(g, Wp); o++) U[o] = total;
+            for (int64_t o = 0; o < no; o++) U[o] = total;
             plane_corr(g, Wp, U, Hn, Ff);
-            for (int64_t yy = 0; yy < H; yy++) {
-                const float *ur = U + yy * Wp;
+            unpad_plane(g, Wp, u, U);
+            float *dvc = dv ? dv + c * P : NULL;
 #pragma omp simd
-                for (int64_t x = 0; x < W; x++) {
-                    int64_t p = yy * W + x;
-                    if (dv) dv[c * P + p] = E[p] * ur[x];
-                    vu[p] += vc[p] * ur[x];
-                }
+            for (int64_t p = 0; p < P; p++) {
+                if (dvc) dvc[p] = E[p] * u[p];
+                vu[p] += vc[p] * u[p];
             }
         }
         if (dw) {
             /* + exp(w - r) sum_p Hn_p V_{p+d} E_{p+d} */
-            for (int64_t yy = 0; yy < H; yy++) {
-                float *xr = X + org + yy * Wp;
 #pragma omp simd
-                for (int64_t x = 0; x < W; x++) xr[x] = E[yy * W + x] * vc[yy * W + x];
-            }
-            plane_dot(g, Wp, dw, 1.0, ew, Hn + org, X);
+            for (int64_t p = 0; p < P; p++) u[p] = E[p] * vc[p];
+            pad_plane(g, Wp, X + org, u);
+            plane_dot(g, Wp, dwl, 1.0, ew, Hn + org, X);
         }
     }
     /* a, padded */
-    memset(ad, 0, sizeof(float) * (size_t)pg.n);
-    for (int64_t yy = 0; yy < H; yy++) memcpy(ad + org + yy * Wp, ap + yy * W, sizeof(float) * (size_t)W);
+    pad_plane(g, Wp, ad + org, ap);
     if (dkp) {
         float total = (float)(osc * plane_sum(ap, P));
-        for (int64_t o = 0; o < plane_rows(g, Wp); o++) U[o] = total;
+        for (int64_t o = 0; o < no; o++) U[o] = total;
         plane_corr(g, Wp, U, ad, Ff);
-        for (int64_t yy = 0; yy < H; yy++)
+        unpad_plane(g, Wp, u, U);
 #pragma omp simd
-            for (int64_t x = 0; x < W; x++) {
-                int64_t p = yy * W + x;
-                dkp[p] = E[p] * (vu[p] - U[yy * Wp + x]);
-            }
+        for (int64_t p = 0; p < P; p++) dkp[p] = E[p] * (vu[p] - u[p]);
     }
     if (dw) {
         /* - exp(w - r) sum_p a_p E_{p+d} */
-        memset(Ep, 0, sizeof(float) * (size_t)pg.n);
-        for (int64_t yy = 0; yy < H; yy++) memcpy(Ep + org + yy * Wp, E + yy * W, sizeof(float) * (size_t)W);
-        plane_dot(g, Wp, dw, -1.0, ew, ad + org, Ep);
+        pad_plane(g, Wp, Ep + org, E);
+        plane_dot(g, Wp, dwl, -1.0, ew, ad + org, Ep);
+        for (int64_t d = 0; d < kk; d++) {
+            double acc = 0;
+            for (int t = 0; t < PLANE_VEC; t++) acc += dwl[d * PLANE_VEC + t];
+            dw[d] += acc;
+        }
     }
     if (flagged == 0) return;
-    /* direct sums for the outputs whose den underflowed: alpha = exp(k + w' - L) */
+    /* direct sums for the outputs whose den underflowed, added to dv and dk as made above
+     * (every position of them written there): alpha = exp(k + w' - L) */
     for (int64_t p = 0; p < P; p++) {
         if (lam[p] >= AFT_LOG_TINY) continue;
         double L = (double)lam[p] + m + r;
@@ -383,8 +579,8 @@ static void conv_backward_head(const conv_geom *g, const float *q, const float *
             bool in_window = i >= 0 && i < g->kh && j >= 0 && j < g->kw;
             double gk = 0;
             for (int64_t c = 0; c < g->cg; c++) {
-                float h = G[c * P + p] * aft_sigmoid(q[c * P + p]);
-                float gg = h * alpha, dvc = v[c * P + pk] - A[c * P + p];
+                float hh = G[c * P + p] * aft_sigmoid(q[c * P + p]);
+                float gg = hh * alpha, dvc = v[c * P + pk] - A[c * P + p];
                 if (dv) dv[c * P + pk] += gg;
                 gk += gg * dvc;
             }
@@ -399,22 +595,22 @@ static xt_status conv_backward(const conv_geom *g, const float *q, const float *
                                const float *G, conv_grads d)
 {
     int nt = omp_get_max_threads();
-    int64_t nf = conv_scratch_floats(g);
-    xt_tensor *hold = NULL;
-    float *scratch = aft_buffer(&hold, nf * nt);
-    if (!scratch) return xt_last_status();
+    int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g), kn = KERN(g->kk);
+    conv_work cw;
+    if (!conv_work_init(g, w, nt, &cw)) return xt_last_status();
     int64_t tasks = g->B * g->heads;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) \
     if (g->B * g->C * g->P * g->kk > XT_PARALLEL_GRAIN)
     for (int64_t task = 0; task < tasks; task++) {
         int64_t b = task / g->heads, i = task % g->heads;
         int64_t off = (b * g->C + i * g->cg) * g->P, koff = task * g->P;
-        conv_backward_head(g, q + off, k + koff, v + off, w + i * g->kk, A + off, lam + koff,
-                           G + off, d.dq ? d.dq + off : NULL, d.dk ? d.dk + koff : NULL,
-                           d.dv ? d.dv + off : NULL, d.dw ? d.dw + task * g->kk : NULL,
-                           scratch + omp_get_thread_num() * nf);
+        conv_backward_head(g, cw.kern + i * kn, q + off, k + koff, v + off, w + i * g->kk,
+                           A + off, lam + koff, G + off, d.dq ? d.dq + off : NULL,
+                           d.dk ? d.dk + koff : NULL, d.dv ? d.dv + off : NULL,
+                           d.dw ? d.dw + task * g->kk : NULL, cw.scratch + omp_get_thread_num() * nf,
+                           cw.dscratch + omp_get_thread_num() * nd);
     }
-    xt_tensor_release(hold);
+    aft_release(3, cw.hold);
     return XT_OK;
 }
 
@@ -442,8 +638,6 @@ static xt_status aft_conv_backward(xt_node *node, xt_tensor *dout, xt_tensor **d
     if (ok) {
         conv_grads d = {dt[0] ? dt[0]->data : NULL, dt[1] ? dt[1]->data : NULL,
                         dt[2] ? dt[2]->data : NULL, dwp};
-        if (d.dk) memset(d.dk, 0, sizeof(float) * (size_t)xt_numel(dt[1]));
-        if (d.dv) memset(d.dv, 0, sizeof(float) * (size_t)xt_numel(dt[2]));
         ok = conv_backward(&g, q->data, k->data, s[2]->data, w->data, s[4]->data, s[5]->data,
                            gc->data, d) == XT_OK;
     }

@@ -437,7 +437,42 @@ static const conv_case conv_cases[] = {
     {2, 4, 2, 3, 4, 3, 3}, {1, 3, 3, 4, 3, 1, 3}, {2, 2, 1, 3, 3, 5, 5},
     {1, 4, 4, 2, 5, 3, 1}, {1, 2, 2, 5, 5, 9, 3}, {2, 6, 3, 4, 4, 1, 1},
     {2, 8, 2, 5, 7, 3, 5}, /* rows of W C/heads = 28 floats: a register block and a tail */
+    /* dw's dot products: kernels 7 wide (rows in pairs, one left over), 9 wide (tap by tap);
+     * the main job's 7x7 and 14x14 grids with a 5x5 kernel, one channel per head */
+    {1, 4, 2, 6, 9, 3, 7}, {1, 2, 1, 5, 11, 3, 9}, {2, 4, 2, 7, 7, 5, 5}, {1, 2, 2, 14, 14, 5, 5},
 };
+
+/* Big enough to be split among threads: the same outputs and gradients on 1 and 2 threads
+ * (each (batch item, head) is one task, dw summed over batch items in order). */
+static void test_conv_threads(void)
+{
+    const conv_case c = {6, 16, 4, 14, 14, 5, 5};
+    xt_tensor *in[4];
+    make_conv_inputs(&c, 1.0, 1.0, in);
+    int32_t threads = xt_get_num_threads();
+    xt_tensor *G = NULL, *got[2][5] = {{NULL}};
+    for (int run = 0; run < 2; run++) {
+        xt_set_num_threads(run == 0 ? 1 : 2);
+        for (int j = 0; j < 4; j++) xt_set_requires_grad(in[j], 1);
+        got[run][4] = op_conv(in, NULL);
+        if (!G) G = test_randn(4, got[run][4]->shape, 1, 0);
+        CHECK(xt_backward(got[run][4], G, 0) == XT_OK);
+        for (int j = 0; j < 4; j++) {
+            got[run][j] = in[j]->grad;
+            if (got[run][j]) xt_tensor_retain(got[run][j]);
+            xt_set_grad(in[j], NULL);
+            xt_set_requires_grad(in[j], 0);
+        }
+    }
+    xt_set_num_threads(threads);
+    for (int j = 0; j < 5; j++) {
+        CHECK(got[0][j] && test_close("aft_conv 1 vs 2 threads", got[0][j], got[1][j], 0));
+        xt_tensor_release(got[0][j]);
+        xt_tensor_release(got[1][j]);
+    }
+    xt_tensor_release(G);
+    release4(in);
+}
 
 static void test_conv_against_composition(void)
 {
@@ -770,6 +805,7 @@ int main(void)
     test_bias_long_grads();
     test_bias_gradcheck();
     test_conv_against_composition();
+    test_conv_threads();
     test_stability();
     test_causality();
     test_identities();
