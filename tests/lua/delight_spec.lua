@@ -424,3 +424,30 @@ describe('models with DeLighT blocks', function()
         assert.are.equal(4, pt.blocks:children()[1].dextra.depth)
     end)
 end)
+
+describe('DeLighTBlock:step', function()
+    it('decodes incrementally with the outputs of the full forward', function()
+        for _, attention in ipairs{'softmax', 'aft_simple'} do
+            xt.manual_seed(25)
+            local m = nn.DeLighTBlock{d_m = 16, depth = 4, width_mult = 2, causal = true,
+                                      attention = attention, seq_len = 6}
+            m:eval()
+            local x = xt.randn(2, 6, 16)
+            local full = m(x)
+            local cache, outs, pos = {}, {}, 1
+            for _, t in ipairs{1, 2, 3} do
+                outs[#outs + 1] = m:step(x:narrow(2, pos, t), cache)
+                pos = pos + t
+            end
+            local diff = (full - xt.cat(outs, 2)):abs():max():item()
+            assert.is_true(diff < 1e-5, attention .. ' differs by ' .. diff)
+        end
+    end)
+
+    it('names what it cannot do', function()
+        local m = nn.DeLighTBlock{d_m = 16, depth = 4, width_mult = 2}
+        assert.is_truthy(error_of(function() m:step(xt.randn(2, 1, 16), {}) end):find('needs a causal block'))
+        local c = nn.DeLighTBlock{d_m = 16, depth = 4, width_mult = 2, causal = true}
+        assert.is_truthy(error_of(function() c:step(xt.randn(2, 1, 8), {}) end):find('expected x of shape'))
+    end)
+end)

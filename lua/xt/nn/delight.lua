@@ -536,6 +536,29 @@ function DeLighTBlock:forward(x, memory)
     return self:residual(x, self.ffn_norm, function(h) return self.fc2(self.fc1(h)) end)
 end
 
+-- Incremental decoding: x [B,t,d_m] (or [B,d_m]), the next t positions, and a cache table
+-- ({} at the start) that the attention keeps its past in; the output equals forward's at
+-- those positions. DExTra and the FFN act per position, so only the attention needs the
+-- past. Needs a causal block whose attention has a step (softmax, the AFT family, linear,
+-- performer).
+function DeLighTBlock:step(x, cache)
+    local op = 'DeLighTBlock:step'
+    if not self.causal then raise(op .. ': incremental decoding needs a causal block (causal = true)') end
+    if self.cross_q then raise(op .. ': a block with cross-attention has no incremental decoding') end
+    if type(self.attn.step) ~= 'function' then
+        raise(string.format('%s: the attention (%s) has no step function', op, self.attention_kind))
+    end
+    if type(cache) ~= 'table' then raise(op .. ': expected a cache table ({} at the start)') end
+    if not xt.is_tensor(x) or (x:dim() ~= 2 and x:dim() ~= 3) or x:size(-1) ~= self.d_m then
+        raise(string.format('%s: expected x of shape [B,t,%d] or [B,%d], got %s', op, self.d_m, self.d_m,
+                            xt.is_tensor(x) and tostring(x.shape) or type(x)))
+    end
+    x = self:residual(x, self.attn_norm, function(h)
+        return self.out_proj(self.attn:step(self.dextra(h), cache))
+    end)
+    return self:residual(x, self.ffn_norm, function(h) return self.fc2(self.fc1(h)) end)
+end
+
 ---------------------------------------------------------------------------------------------
 -- nn.DeLighT{blocks=, d_m=, min_depth=4, max_depth=8, width_mult=2, scaling='block',
 --            final_norm=false, verbose=true, <any DeLighTBlock option>}
