@@ -48,6 +48,9 @@ void xt_bump_version(xt_tensor *t);
 /* An in-place write to t is refused for a leaf that requires grad while grad
  * mode is on (the write would be invisible to autograd). */
 xt_status xt_check_inplace(xt_tensor *t, const char *op);
+/* attention ops: q [...,T,f], k [...,S,f], v [...,S,dv] (attn_args.c) */
+xt_status xt_check_qkv(const char *op, const xt_tensor *q, const xt_tensor *k, const xt_tensor *v,
+                       char feature);
 
 /* dst[...] = src broadcast to dst's shape, any dtypes; no autograd, no checks (create.c). */
 void xt_copy_kernel(xt_tensor *dst, const xt_tensor *src);
