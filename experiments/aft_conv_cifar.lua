@@ -18,7 +18,7 @@ local run = xt.experiment.start{
     description = 'AFT-conv image classifier on CIFAR-10 (or Fashion-MNIST when CIFAR-10 is absent)',
     defaults = {
         epochs = 4, batch_size = 128, lr = 4e-3, weight_decay = 0.05, warmup_epochs = 0.5,
-        label_smoothing = 0.1, dim = 64, depth = '2,2', heads = 64, kernel = 5, mlp_ratio = 2,
+        label_smoothing = 0.1, dim = 64, depth = '2,2', heads = '64', kernel = 5, mlp_ratio = 2,
         workers = 2, data = 'data/cifar-10-batches-bin', dataset = 'auto', eval_batch_size = 500,
         augment = 'auto',
     },
@@ -26,7 +26,9 @@ local run = xt.experiment.start{
         weight_decay = 'AdamW weight decay (not on biases and norms)',
         warmup_epochs = 'linear warmup length in epochs', label_smoothing = 'cross-entropy smoothing',
         dim = 'channels of the first stage (doubled at each later stage)',
-        depth = 'blocks per stage, comma-separated', heads = 'AFT-conv heads (keys per position; 64: one per channel in the first stage)',
+        depth = 'blocks per stage, comma-separated',
+        heads = 'AFT-conv heads (keys per position; 64: one per channel in the first stage); '
+                .. 'one number for every stage or one per stage, comma-separated',
         kernel = 'AFT-conv kernel size (odd)', mlp_ratio = 'MLP hidden width / channels',
         workers = 'data loader threads', dataset = 'cifar10, fashion_mnist or auto',
         eval_batch_size = 'batch size for evaluation',
@@ -98,10 +100,12 @@ local test_loader = data.DataLoader(test_set, {
     transform = data.transforms{'to_tensor', {'normalize', norm.mean, norm.std}},
 })
 
-local depth = {}
+local depth, heads = {}, {}
 for d in tostring(cfg.depth):gmatch('%d+') do depth[#depth + 1] = tonumber(d) end
+for h in tostring(cfg.heads):gmatch('%d+') do heads[#heads + 1] = tonumber(h) end
+if #heads == 1 then heads = heads[1] end
 local model = AFTConvNet{in_channels = channels, classes = #train_set.classes, dim = cfg.dim,
-                         depth = depth, heads = cfg.heads, kernel = cfg.kernel,
+                         depth = depth, heads = heads, kernel = cfg.kernel,
                          mlp_ratio = cfg.mlp_ratio}
 print(model)
 

@@ -335,3 +335,20 @@ describe('nn.AFTConv', function()
         assert.matches('AFTConv: expected x of shape %[B,4,H,W%]', error_of(m, xt.randn(1, 3, 5, 5)))
     end)
 end)
+
+describe('models.aft_conv_net', function()
+    local AFTConvNet = require 'xt.models.aft_conv_net'
+
+    it('takes one head count for every stage, or one per stage', function()
+        local same = AFTConvNet{in_channels = 1, classes = 3, dim = 8, depth = {1, 1}, heads = 4, kernel = 3}
+        local per = AFTConvNet{in_channels = 1, classes = 3, dim = 8, depth = {1, 1}, heads = {8, 16}, kernel = 3}
+        assert.are.equal(4, same.stages[1].attn.heads)
+        assert.are.equal(4, same.stages[4].attn.heads)
+        assert.are.equal(8, per.stages[1].attn.heads)
+        assert.are.equal(16, per.stages[4].attn.heads)
+        local y = per(xt.randn(2, 1, 8, 8))
+        assert.are.same({2, 3}, {y:size(1), y:size(2)})
+        assert.matches('heads lists 3 stages, depth has 2',
+                       error_of(AFTConvNet, {in_channels = 1, dim = 8, depth = {1, 1}, heads = {4, 4, 4}}))
+    end)
+end)

@@ -27,14 +27,17 @@ end
 
 local Net = nn.class('AFTConvNet', nn.Module)
 
--- opts: in_channels (3), classes (10), dim (64), depth ({2, 2}), heads (8), kernel (7),
--- mlp_ratio (2)
+-- opts: in_channels (3), classes (10), dim (64), depth ({2, 2}), heads (8: every stage; or a
+-- list, one per stage), kernel (7), mlp_ratio (2)
 function Net:__init(opts)
     nn.Module.__init(self)
     opts = opts or {}
     local in_ch, dim = opts.in_channels or 3, opts.dim or 64
     local depth = opts.depth or {2, 2}
     local heads, kernel, ratio = opts.heads or 8, opts.kernel or 7, opts.mlp_ratio or 2
+    if type(heads) == 'table' and #heads ~= #depth then
+        error(string.format('AFTConvNet: heads lists %d stages, depth has %d', #heads, #depth), 2)
+    end
     self.stem = nn.Sequential(nn.Conv2d(in_ch, math.floor(dim / 2), 3, {padding = 1}),
                               nn.BatchNorm2d(math.floor(dim / 2)), nn.GELU(),
                               nn.Conv2d(math.floor(dim / 2), dim, 2, {stride = 2}))
@@ -45,7 +48,8 @@ function Net:__init(opts)
             layers[#layers + 1] = nn.Conv2d(width, width * 2, 2, {stride = 2})
             width = width * 2
         end
-        for _ = 1, n do layers[#layers + 1] = Block(width, heads, kernel, ratio) end
+        local h = type(heads) == 'table' and heads[s] or heads
+        for _ = 1, n do layers[#layers + 1] = Block(width, h, kernel, ratio) end
     end
     self.stages = nn.Sequential(layers)
     self.norm = nn.BatchNorm2d(width)
