@@ -193,15 +193,17 @@ static xt_status forward_gemm(const conv_geom *g, const float *x, const float *w
         float *cols = scratch_cols + omp_get_thread_num() * pl.per_thread;
         const float *xn = x + n * g->cin * g->h * g->w;
         float *on = out + n * g->cout * g->p + oy0 * g->wo;
+        /* the GEMM adds onto the bias (with beta = 0 it would clear the output first, and
+         * the bias would take another pass) */
+        for (int64_t o = 0; b && o < g->cout; o++) {
+            float *row = on + o * g->p, bo = b[o];
+            for (int64_t i = 0; i < np; i++) row[i] = bo;
+        }
         for (int64_t grp = 0; grp < g->groups; grp++) {
             int64_t ld;
             const float *c = columns(g, xn, grp * g->cig, g->cig, oy0, oy1, cols, &ld);
             xt_sgemm(false, false, g->cog, np, g->k, 1.0f, w + grp * g->cog * g->k, g->k, c, ld,
-                     0.0f, on + grp * g->cog * g->p, g->p);
-        }
-        for (int64_t o = 0; b && o < g->cout; o++) {
-            float *row = on + o * g->p, bo = b[o];
-            for (int64_t i = 0; i < np; i++) row[i] += bo;
+                     b ? 1.0f : 0.0f, on + grp * g->cog * g->p, g->p);
         }
     }
     xt_storage_release(buf);
@@ -252,7 +254,7 @@ static void forward_depthwise(const conv_geom *g, const float *x, const float *w
  * buffer for dcols (an image's dx must stay within one task: its chunks overlap). */
 static void backward_dw_task(const conv_geom *g, const conv_plan *pl, const float *x,
                              const float *w, const float *dout, int64_t task, float *cols,
-                             float *dw_acc, float *dx)
+                             float *dw_acc, double *db_acc, float *dx)
 {
     const int64_t n = task / pl->chunks, oy0 = task % pl->chunks * pl->rows;
     const int64_t oy1 = oy0 + pl->rows < g->ho ? oy0 + pl->rows : g->ho;
@@ -270,6 +272,13 @@ static void backward_dw_task(const conv_geom *g, const conv_plan *pl, const floa
             const float *c = columns(g, xn, grp * g->cig, g->cig, oy0, oy1, cols, &ld);
             xt_sgemm(false, true, g->cog, g->k, np, 1.0f, dg, g->p, c, ld, 1.0f,
                      dw_acc + grp * g->cog * g->k, g->k);
+        }
+        for (int64_t o = 0; db_acc && o < g->cog; o++) { /* the bias while dout is in cache */
+            const float *row = dg + o * g->p;
+            float sum = 0;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t i = 0; i < np; i++) sum += row[i];
+            db_acc[grp * g->cog + o] += sum;
         }
         if (!dxn) continue;
         float *dxg = dxn + grp * g->cig * g->h * g->w;
@@ -307,25 +316,33 @@ static void backward_dx_task(const conv_geom *g, const conv_plan *pl, const floa
     }
 }
 
+/* dx, dw and, with dw, db (in the same tasks; *db_done tells whether it was made). */
 static xt_status backward_gemm(const conv_geom *g, const float *x, const float *w,
-                               const float *dout, float *dx, float *dw)
+                               const float *dout, float *dx, float *dw, float *db, bool *db_done)
 {
     conv_plan pl = make_plan(g);
     const int nt = pl.nt;
     /* dx rides along with dw when every task is a whole image and they split evenly */
     const bool by_image = pl.chunks == 1 && balanced(g->n, nt);
     const int64_t wsize = g->cout * g->k;
-    xt_storage *buf = scratch(pl.per_thread * nt + (dw ? wsize * nt : 0));
+    if (!dw) db = NULL;
+    *db_done = db != NULL;
+    /* per thread: db partials (doubles, first: aligned), columns, dw partials */
+    const int64_t bias_floats = db ? 2 * g->cout * nt : 0;
+    xt_storage *buf = scratch(bias_floats + pl.per_thread * nt + (dw ? wsize * nt : 0));
     if (!buf) return xt_last_status();
-    float *scratch_cols = buf->data, *partial = scratch_cols + pl.per_thread * nt;
+    double *bias_partial = db ? (double *)buf->data : NULL;
+    float *scratch_cols = (float *)buf->data + bias_floats, *partial = scratch_cols + pl.per_thread * nt;
     if (dw) memset(partial, 0, (size_t)(wsize * nt) * sizeof(float));
+    if (db) memset(bias_partial, 0, (size_t)(g->cout * nt) * sizeof(double));
     if (dw || by_image) {
         float *dx_here = by_image ? dx : NULL;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
         for (int64_t task = 0; task < g->n * pl.chunks; task++) {
             const int t = omp_get_thread_num();
             backward_dw_task(g, &pl, x, w, dout, task, scratch_cols + t * pl.per_thread,
-                             dw ? partial + t * wsize : NULL, dx_here);
+                             dw ? partial + t * wsize : NULL, db ? bias_partial + t * g->cout : NULL,
+                             dx_here);
         }
     }
     if (dx && !by_image) {
@@ -348,6 +365,11 @@ static xt_status backward_gemm(const conv_geom *g, const float *x, const float *
             for (int t = 0; t < nt; t++) s += partial[t * wsize + i];
             dw[i] = s;
         }
+    }
+    for (int64_t o = 0; db && o < g->cout; o++) {
+        double s = 0;
+        for (int t = 0; t < nt; t++) s += bias_partial[t * g->cout + o];
+        db[o] = (float)s;
     }
     xt_storage_release(buf);
     return XT_OK;
@@ -395,35 +417,38 @@ static void backward_depthwise_dx(const conv_geom *g, const float *w, const floa
 static void backward_depthwise_dw(const conv_geom *g, const float *x, const float *dout,
                                   float *dw)
 {
-    const int64_t kw = g->kw;
+    const int64_t kw = g->kw, kk = g->kh * kw;
     int64_t lo[kw], hi[kw];
     for (int64_t j = 0; j < kw; j++) valid_range(j * g->dw - g->pw, g->sw, g->w, g->wo, &lo[j], &hi[j]);
-#pragma omp parallel for schedule(static) if (g->n * g->cout * g->p * g->kh * kw > XT_PARALLEL_GRAIN)
+    /* image by image, all taps while its two planes are in cache (taps outermost would stream
+     * the whole batch through memory kh*kw times) */
+#pragma omp parallel for schedule(static) if (g->n * g->cout * g->p * kk > XT_PARALLEL_GRAIN)
     for (int64_t o = 0; o < g->cout; o++) {
-        for (int64_t i = 0; i < g->kh; i++) {
-            for (int64_t j = 0; j < kw; j++) {
-                float acc = 0;
-                for (int64_t n = 0; n < g->n; n++) {
-                    const float *xp = x + (n * g->cin + o / g->cog) * g->h * g->w;
-                    const float *dp = dout + (n * g->cout + o) * g->p;
+        double acc[kk];
+        for (int64_t d = 0; d < kk; d++) acc[d] = 0;
+        for (int64_t n = 0; n < g->n; n++) {
+            const float *xp = x + (n * g->cin + o / g->cog) * g->h * g->w;
+            const float *dp = dout + (n * g->cout + o) * g->p;
+            for (int64_t i = 0; i < g->kh; i++) {
+                for (int64_t j = 0; j < kw; j++) {
+                    float s = 0;
                     for (int64_t oy = 0; oy < g->ho; oy++) {
                         const int64_t iy = oy * g->sh - g->ph + i * g->dh;
                         if (iy < 0 || iy >= g->h) continue;
                         const float *row = xp + iy * g->w + j * g->dw - g->pw;
                         const float *drow = dp + oy * g->wo;
-                        float s = 0;
                         if (g->sw == 1) {
 #pragma omp simd reduction(+ : s)
                             for (int64_t ox = lo[j]; ox < hi[j]; ox++) s += drow[ox] * row[ox];
                         } else {
                             for (int64_t ox = lo[j]; ox < hi[j]; ox++) s += drow[ox] * row[ox * g->sw];
                         }
-                        acc += s;
                     }
+                    acc[i * kw + j] += s;
                 }
-                dw[(o * g->kh + i) * kw + j] = acc;
             }
         }
+        for (int64_t d = 0; d < kk; d++) dw[o * kk + d] = (float)acc[d];
     }
 }
 
@@ -483,6 +508,7 @@ static xt_status conv2d_backward(xt_node *node, xt_tensor *dout, xt_tensor **din
     const float *dp = d->data;
     xt_tensor *dx = NULL, *dw = NULL, *db = NULL;
     xt_status st = XT_OK;
+    bool db_done = false;
     if (xt_node_needs(node, 0) && !(dx = xt_empty(4, x->shape, XT_FLOAT32))) goto fail;
     if (xt_node_needs(node, 1) && !(dw = xt_empty(4, w->shape, XT_FLOAT32))) goto fail;
     if (xt_node_needs(node, 2) && !(db = xt_empty(1, &g.cout, XT_FLOAT32))) goto fail;
@@ -490,10 +516,11 @@ static xt_status conv2d_backward(xt_node *node, xt_tensor *dout, xt_tensor **din
         if (dx) backward_depthwise_dx(&g, w->data, dp, dx->data);
         if (dw) backward_depthwise_dw(&g, x->data, dp, dw->data);
     } else if (dx || dw) {
-        st = backward_gemm(&g, x->data, w->data, dp, dx ? dx->data : NULL, dw ? dw->data : NULL);
+        st = backward_gemm(&g, x->data, w->data, dp, dx ? dx->data : NULL, dw ? dw->data : NULL,
+                           db ? db->data : NULL, &db_done);
         if (st != XT_OK) goto fail;
     }
-    if (db) backward_bias(&g, dp, db->data);
+    if (db && !db_done) backward_bias(&g, dp, db->data);
     xt_tensor_release(d);
     dinputs[0] = dx;
     dinputs[1] = dw;

@@ -68,6 +68,8 @@ enum { BN_CHANNEL_BLOCK = 64 };
 
 /* s1[c] = sum of a, s2[c] = sum of (a - ca[c]) * (b - cb[c]) over channel c of [N,C,S].
  * s1 or s2 may be NULL (not computed); ca NULL means 0. */
+enum { BN_FLOAT_RUN = 1024 };
+
 static void bn_channel_sums(const float *a, const float *b, const float *ca, const float *cb,
                             int64_t N, int64_t C, int64_t S, double *s1, double *s2)
 {
@@ -103,19 +105,26 @@ static void bn_channel_sums(const float *a, const float *b, const float *ca, con
     }
 #pragma omp parallel for if (total > XT_PARALLEL_GRAIN && C > 1)
     for (int64_t c = 0; c < C; c++) {
+        /* runs of up to BN_FLOAT_RUN terms summed in float lanes (full-width vectors), the runs
+         * added in double */
         double acc1 = 0, acc2 = 0;
         float ma = ca ? ca[c] : 0.0f, mb = cb ? cb[c] : 0.0f;
         for (int64_t n = 0; n < N; n++) {
             const float *ra = a + (n * C + c) * S;
-            if (s1) {
-#pragma omp simd reduction(+ : acc1)
-                for (int64_t s = 0; s < S; s++) acc1 += ra[s];
+            for (int64_t s0 = 0; s1 && s0 < S; s0 += BN_FLOAT_RUN) {
+                int64_t s1e = s0 + BN_FLOAT_RUN < S ? s0 + BN_FLOAT_RUN : S;
+                float p1 = 0;
+#pragma omp simd reduction(+ : p1)
+                for (int64_t s = s0; s < s1e; s++) p1 += ra[s];
+                acc1 += p1;
             }
-            if (s2) {
-                const float *rb = b + (n * C + c) * S;
-#pragma omp simd reduction(+ : acc2)
-                for (int64_t s = 0; s < S; s++)
-                    acc2 += (double)(ra[s] - ma) * (double)(rb[s] - mb);
+            const float *rb = s2 ? b + (n * C + c) * S : NULL;
+            for (int64_t s0 = 0; s2 && s0 < S; s0 += BN_FLOAT_RUN) {
+                int64_t s1e = s0 + BN_FLOAT_RUN < S ? s0 + BN_FLOAT_RUN : S;
+                float p2 = 0;
+#pragma omp simd reduction(+ : p2)
+                for (int64_t s = s0; s < s1e; s++) p2 += (ra[s] - ma) * (rb[s] - mb);
+                acc2 += p2;
             }
         }
         if (s1) s1[c] = acc1;
