@@ -354,6 +354,29 @@ static void ref_bias_grads(const bias_case *c, double *const *in, const double *
     free(alpha);
 }
 
+/* op on 1 thread (run 0) and 2 threads (run 1): got[run] = {dq, dk, dv, dw, y} (retained;
+ * NULL for a gradient that was not made), for the upstream gradient *G (standard normal,
+ * made on the first run). */
+static void run_on_threads(test_fn op, const void *ctx, xt_tensor **in, xt_tensor **G,
+                           xt_tensor *got[2][5])
+{
+    int32_t threads = xt_get_num_threads();
+    for (int run = 0; run < 2; run++) {
+        xt_set_num_threads(run == 0 ? 1 : 2);
+        for (int j = 0; j < 4; j++) xt_set_requires_grad(in[j], 1);
+        got[run][4] = op(in, ctx);
+        if (!*G) *G = test_randn(got[run][4]->ndim, got[run][4]->shape, 1, 0);
+        CHECK(xt_backward(got[run][4], *G, 0) == XT_OK);
+        for (int j = 0; j < 4; j++) {
+            got[run][j] = in[j]->grad;
+            if (got[run][j]) xt_tensor_retain(got[run][j]);
+            xt_set_grad(in[j], NULL);
+            xt_set_requires_grad(in[j], 0);
+        }
+    }
+    xt_set_num_threads(threads);
+}
+
 /* Several GEMM blocks of either kind, partial last blocks, channel counts that do not
  * fill the passes' channel groups, windows 0 and 1, keys outside the blocks both sides:
  * values and all four gradients against ref_bias_grads; and the same results on 1 and 2
@@ -367,7 +390,6 @@ static void test_bias_long_grads(void)
         {LOCAL, 2, 200, 3, 130, 1}, {LOCAL, 2, 200, 3, 130, 0}, {FULL, 1, 300, 6, 0, 1},
         {FULL, 1, 300, 6, 0, 0},
     };
-    int32_t threads = xt_get_num_threads();
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const bias_case *c = &cases[i];
         char what[160];
@@ -375,20 +397,7 @@ static void test_bias_long_grads(void)
         xt_tensor *in[4];
         make_bias_inputs(c, 2.0, 1.0, in);
         xt_tensor *G = NULL, *got[2][5] = {{NULL}};
-        for (int run = 0; run < 2; run++) {
-            xt_set_num_threads(run == 0 ? 1 : 2);
-            for (int j = 0; j < 4; j++) xt_set_requires_grad(in[j], 1);
-            got[run][4] = op_bias(in, c);
-            if (!G) G = test_randn(3, got[run][4]->shape, 1, 0);
-            CHECK(xt_backward(got[run][4], G, 0) == XT_OK);
-            for (int j = 0; j < 4; j++) {
-                got[run][j] = in[j]->grad;
-                if (got[run][j]) xt_tensor_retain(got[run][j]);
-                xt_set_grad(in[j], NULL);
-                xt_set_requires_grad(in[j], 0);
-            }
-        }
-        xt_set_num_threads(threads);
+        run_on_threads(op_bias, c, in, &G, got);
         for (int j = 0; j < 5; j++) CHECK(got[0][j] && test_close(what, got[0][j], got[1][j], 1e-6));
 
         int64_t n = c->B * c->T * c->D, sizes[5] = {n, n, n, c->T * c->T, n};
@@ -449,22 +458,8 @@ static void test_conv_threads(void)
     const conv_case c = {6, 16, 4, 14, 14, 5, 5};
     xt_tensor *in[4];
     make_conv_inputs(&c, 1.0, 1.0, in);
-    int32_t threads = xt_get_num_threads();
     xt_tensor *G = NULL, *got[2][5] = {{NULL}};
-    for (int run = 0; run < 2; run++) {
-        xt_set_num_threads(run == 0 ? 1 : 2);
-        for (int j = 0; j < 4; j++) xt_set_requires_grad(in[j], 1);
-        got[run][4] = op_conv(in, NULL);
-        if (!G) G = test_randn(4, got[run][4]->shape, 1, 0);
-        CHECK(xt_backward(got[run][4], G, 0) == XT_OK);
-        for (int j = 0; j < 4; j++) {
-            got[run][j] = in[j]->grad;
-            if (got[run][j]) xt_tensor_retain(got[run][j]);
-            xt_set_grad(in[j], NULL);
-            xt_set_requires_grad(in[j], 0);
-        }
-    }
-    xt_set_num_threads(threads);
+    run_on_threads(op_conv, NULL, in, &G, got);
     for (int j = 0; j < 5; j++) {
         CHECK(got[0][j] && test_close("aft_conv 1 vs 2 threads", got[0][j], got[1][j], 0));
         xt_tensor_release(got[0][j]);

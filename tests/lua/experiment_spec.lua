@@ -138,6 +138,17 @@ describe('progress', function()
     end)
 end)
 
+
+-- Whether the first series' colour (matplotlib's blue) is at column mx within 2 rows of my
+-- (0-based pixel coordinates).
+local function first_colour_near(img, mx, my)
+    for dy = -2, 2 do
+        local px = img[my + dy + 1][mx + 1]
+        if px[1] == 31 and px[2] == 119 and px[3] == 180 then return true end
+    end
+    return false
+end
+
 describe('curves', function()
     it('groups metrics into panels by family and lines by prefix', function()
         local spec = experiment.curves_spec({
@@ -175,12 +186,7 @@ describe('curves', function()
         local yspan = (y1 - y0)
         local mx = math.floor((x0 + x1) / 2)
         local my = math.floor(y1 - yspan * (0.5 + 0.05) / 1.1 + 0.5)
-        local found = false
-        for dy = -2, 2 do
-            local px = img[my + dy + 1][mx + 1]
-            if px[1] == 31 and px[2] == 119 and px[3] == 180 then found = true end
-        end
-        assert.is_true(found)
+        assert.is_true(first_colour_near(img, mx, my))
         assert.are.equal(255, img[1][1][1])   -- background
     end)
 
@@ -200,12 +206,7 @@ describe('curves', function()
         -- (10, 100) sits halfway along both log axes: the middle of the plot area
         local x0, y0, x1, y1 = 64, 34, 300 - 16, 200 - 40
         local mx, my = math.floor((x0 + x1) / 2), math.floor((y0 + y1) / 2)
-        local found = false
-        for dy = -2, 2 do
-            local px = img[my + dy + 1][mx + 1]
-            if px[1] == 31 and px[2] == 119 and px[3] == 180 then found = true end
-        end
-        assert.is_true(found)
+        assert.is_true(first_colour_near(img, mx, my))
     end)
 
     it('rejects series whose x and y differ in length', function()
