@@ -67,12 +67,8 @@ end
 ---------------------------------------------------------------------------------------------
 -- memory
 
-local function status_kib(field)
-    local f = assert(io.open('/proc/self/status'))
-    local text = f:read('*a')
-    f:close()
-    return tonumber(text:match(field .. ':%s+(%d+) kB'))
-end
+local process = require 'xt.process'
+local status_kib = process.status_kib
 
 if memory_one then
     local T, D = mem_T, mem_D
@@ -82,9 +78,7 @@ if memory_one then
     local w = memory_one == 'aft_full' and xt.randn(T, T):mul_(0.1):requires_grad() or nil
     local dout = xt.ones(1, T, D)
     collectgarbage()
-    -- start the peak over from here (the kernel resets VmHWM on writing 5 to clear_refs)
-    local f = io.open('/proc/self/clear_refs', 'w')
-    if f then f:write('5'); f:close() end
+    process.reset_peak()   -- start the peak over from here
     local base = status_kib('VmHWM')
     if memory_one == 'aft_full' then
         F.aft_full(q, k, v, w, {causal = true}):backward(dout)

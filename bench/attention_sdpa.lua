@@ -18,6 +18,7 @@
 -- before the baseline is taken.
 local xt = require 'xt'
 local timer = require 'bench.timer'
+local process = require 'xt.process'
 local nn, F = xt.nn, xt.nn.functional
 
 local args = {...}
@@ -37,20 +38,7 @@ xt.set_num_threads(threads)
 xt.manual_seed(0)
 
 ---------------------------------------------------------------------------------------------
-local function status_kib(field)
-    local f = io.open('/proc/self/status')
-    if not f then return nil end
-    local text = f:read('*a')
-    f:close()
-    return tonumber(text:match(field .. ':%s+(%d+) kB'))
-end
-
-local function reset_peak()
-    local f = io.open('/proc/self/clear_refs', 'w')
-    if not f then return false end
-    local ok = f:write('5')
-    return f:close() and ok and true or false
-end
+local status_kib, reset_peak = process.status_kib, process.reset_peak
 
 if memory_mode then
     local T, d = mem_T, mem_d

@@ -39,17 +39,8 @@ local OPS = {
                                                   block = 64, seed = 1}) end},
 }
 
-local function status_kib(field)
-    local f = assert(io.open('/proc/self/status'))
-    local text = f:read('*a')
-    f:close()
-    return tonumber(text:match(field .. ':%s+(%d+) kB'))
-end
-
-local function reset_peak()
-    local f = io.open('/proc/self/clear_refs', 'w')
-    if f then f:write('5'); f:close() end
-end
+local process = require 'xt.process'
+local status_kib, reset_peak = process.status_kib, process.reset_peak
 
 local args = {...}
 if args[1] == '--one' then
