@@ -101,6 +101,21 @@ static inline float aft_sigmoid(float x)
     return x >= 0 ? s : e * s;
 }
 
+/* max(init, x[0..n)): 16 independent maxima, so that the loop vectorises (one running max
+ * is a chain the compiler keeps scalar). */
+static inline float aft_max(const float *x, int64_t n, float init)
+{
+    float lane[16], m = init;
+    int64_t j = 0;
+    for (int l = 0; l < 16; l++) lane[l] = init;
+    for (; j + 16 <= n; j += 16)
+#pragma omp simd
+        for (int l = 0; l < 16; l++) lane[l] = x[j + l] > lane[l] ? x[j + l] : lane[l];
+    for (; j < n; j++) m = x[j] > m ? x[j] : m;
+    for (int l = 0; l < 16; l++) m = lane[l] > m ? lane[l] : m;
+    return m;
+}
+
 /* n floats of scratch from the tensor allocator (whose block cache spares the page faults
  * of fresh large buffers); *holder owns them. NULL with the error set on failure. */
 static inline float *aft_buffer(xt_tensor **holder, int64_t n)

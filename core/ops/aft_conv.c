@@ -58,14 +58,7 @@ static double plane_sum(const float *x, int64_t P)
 /* E = exp(k - m) over one head's plane (P); returns m, the max key. */
 static float keys_exp(int64_t P, const float *kp, float *E)
 {
-    float lane[PLANE_VEC], m = -INFINITY;
-    int64_t p0 = P / PLANE_VEC * PLANE_VEC;
-    for (int t = 0; t < PLANE_VEC; t++) lane[t] = -INFINITY;
-    for (int64_t p = 0; p < p0; p += PLANE_VEC) /* PLANE_VEC independent maxima */
-#pragma omp simd
-        for (int t = 0; t < PLANE_VEC; t++) lane[t] = kp[p + t] > lane[t] ? kp[p + t] : lane[t];
-    for (int64_t p = p0; p < P; p++) m = kp[p] > m ? kp[p] : m;
-    for (int t = 0; t < PLANE_VEC; t++) m = lane[t] > m ? lane[t] : m;
+    float m = aft_max(kp, P, -INFINITY);
 #pragma omp simd
     for (int64_t p = 0; p < P; p++) E[p] = aft_exp(kp[p] - m);
     return m;

@@ -77,15 +77,8 @@ static void row_offsets(const band *g, const float *w, float *r, float *out_scal
 #pragma omp parallel for schedule(static) if (T * g->s > XT_PARALLEL_GRAIN)
     for (int64_t t = 0; t < T; t++) {
         bool outside = has_outside(g, t);
-        float mx = outside ? 0.0f : -INFINITY, lane[16];
-        const float *wr = w + t * T;
-        int64_t lo = win_lo(g, t), hi = win_hi(g, t), j = lo;
-        for (int l = 0; l < 16; l++) lane[l] = mx;
-        for (; j + 16 <= hi; j += 16) /* 16 independent maxima */
-#pragma omp simd
-            for (int l = 0; l < 16; l++) lane[l] = wr[j + l] > lane[l] ? wr[j + l] : lane[l];
-        for (; j < hi; j++) mx = wr[j] > mx ? wr[j] : mx;
-        for (int l = 0; l < 16; l++) mx = lane[l] > mx ? lane[l] : mx;
+        int64_t lo = win_lo(g, t), hi = win_hi(g, t);
+        float mx = aft_max(w + t * T + lo, hi - lo, outside ? 0.0f : -INFINITY);
         r[t] = mx;
         out_scale[t] = outside ? expf(-mx) : 0.0f;
     }
