@@ -45,5 +45,9 @@ for h in $HARNESSES; do
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     took=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     echo "fuzz_$h: ${runs:-?} executions (${took:-?}/s), corpus $(ls "$corpus" | wc -l) files: $result"
+    # CI keeps only what is printed: show the report (sanitizer, timeout or leak) itself
+    if [ "$result" != ok ]; then
+        grep -n -m1 -A30 'ERROR\|runtime error' "$log" || tail -40 "$log"
+    fi
 done
 exit $status
