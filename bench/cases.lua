@@ -166,4 +166,21 @@ x = torch.randn(32, 64, 32, 32, requires_grad=True)]],
              stmt = 'block.zero_grad(set_to_none=True); x.grad = None; block(x).sum().backward()'},
 }
 
+case {
+    name = 'stem conv fwd+bwd: Conv2d 3x3 1->32 on [128,1,28,28]',
+    flops = 2 * 2 * 128 * 28 * 28 * 32 * 9,
+    xt = function()
+        local conv = xt.nn.Conv2d(1, 32, 3, {padding = 1})
+        local x = xt.randn(128, 1, 28, 28)
+        return function()
+            conv:zero_grad()
+            conv(x):sum():backward()
+        end
+    end,
+    torch = {setup = [[
+conv = torch.nn.Conv2d(1, 32, 3, padding=1)
+x = torch.randn(128, 1, 28, 28)]],
+             stmt = 'conv.zero_grad(set_to_none=True); conv(x).sum().backward()'},
+}
+
 return cases

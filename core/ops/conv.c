@@ -9,8 +9,8 @@
  * large images; (image, chunk) tasks are spread over the OpenMP threads (see make_plan).
  *
  * A 1x1, stride-1, unpadded convolution needs no im2col: the image already is cols. A
- * depthwise convolution (each output channel reads one input channel) has GEMMs of one
- * row, so it runs a direct kernel instead.
+ * depthwise convolution with one output per input channel has GEMMs of one row, so it runs
+ * a direct kernel instead.
  *
  * Backward recomputes the columns from the saved input rather than keeping the im2col of
  * the whole batch alive, so memory stays linear in the input:
@@ -48,6 +48,15 @@ static void valid_range(int64_t off, int64_t stride, int64_t size, int64_t n_out
 static bool is_pointwise(const conv_geom *g)
 {
     return g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+}
+
+/* Each output channel reads its own input channel: the direct kernel (a GEMM would have one
+ * row). When several outputs read the same channel (a stem on a 1-channel image: cin 1,
+ * cout 32) the GEMM over its columns wins: 4x for that stem (bench/run.lua stem), and 1.2x
+ * already at two outputs per channel (groups 32, 32 -> 64 channels, 3x3 on 28x28). */
+static bool is_direct_depthwise(const conv_geom *g)
+{
+    return g->cig == 1 && g->cog == 1;
 }
 
 /* ---- im2col / col2im over output rows [oy0, oy1) --------------------------------------
@@ -512,7 +521,7 @@ static xt_status conv2d_backward(xt_node *node, xt_tensor *dout, xt_tensor **din
     if (xt_node_needs(node, 0) && !(dx = xt_empty(4, x->shape, XT_FLOAT32))) goto fail;
     if (xt_node_needs(node, 1) && !(dw = xt_empty(4, w->shape, XT_FLOAT32))) goto fail;
     if (xt_node_needs(node, 2) && !(db = xt_empty(1, &g.cout, XT_FLOAT32))) goto fail;
-    if (g.cig == 1) {
+    if (is_direct_depthwise(&g)) {
         if (dx) backward_depthwise_dx(&g, w->data, dp, dx->data);
         if (dw) backward_depthwise_dw(&g, x->data, dp, dw->data);
     } else if (dx || dw) {
@@ -608,7 +617,7 @@ xt_tensor *xt_conv2d(xt_tensor *x, xt_tensor *w, xt_tensor *b, int32_t stride_h,
     xt_tensor *out = xc && wc && (bc || !b) ? xt_empty(4, oshape, XT_FLOAT32) : NULL;
     if (!out) goto fail;
     const float *bp = bc ? bc->data : NULL;
-    if (g.cig == 1) {
+    if (is_direct_depthwise(&g)) {
         forward_depthwise(&g, xc->data, wc->data, bp, out->data);
     } else if (forward_gemm(&g, xc->data, wc->data, bp, out->data) != XT_OK) {
         goto fail;

@@ -199,7 +199,7 @@ static void test_conv_cases(void)
         {1, 3, 10, 9, 5, 3, 3, 1, 1, 2, 2, 2, 2, 1, true},   /* dilation 2 */
         {2, 4, 9, 8, 6, 3, 2, 2, 1, 2, 1, 2, 1, 2, false},   /* asymmetric, groups 2 */
         {2, 4, 7, 7, 4, 3, 3, 1, 1, 1, 1, 1, 1, 4, true},    /* depthwise */
-        {2, 3, 8, 8, 6, 3, 3, 2, 2, 1, 1, 1, 1, 3, false},   /* depthwise, multiplier 2 */
+        {2, 3, 8, 8, 6, 3, 3, 2, 2, 1, 1, 1, 1, 3, false},   /* depthwise, multiplier 2 (GEMM) */
         {2, 4, 8, 7, 4, 3, 3, 1, 2, 1, 0, 2, 1, 4, true},    /* depthwise dilated, strided */
         {3, 1, 9, 9, 5, 5, 5, 1, 1, 2, 2, 1, 1, 1, true},    /* one input channel */
         {2, 6, 5, 5, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1, true},    /* pointwise */
@@ -218,6 +218,7 @@ static void test_conv_cases(void)
         {1, 64, 32, 32, 64, 1, 1, 1, 1, 0, 0, 1, 1, 1, true},   /* pointwise, one image */
         {4, 32, 32, 32, 32, 3, 3, 1, 1, 1, 1, 1, 1, 32, true},  /* depthwise */
         {2, 16, 33, 31, 32, 5, 5, 2, 2, 2, 2, 1, 1, 16, true},  /* depthwise x2, strided */
+        {8, 1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, true},    /* a 1-channel image's stem */
     };
     for (size_t i = 0; i < sizeof big / sizeof *big; i++) check_conv_case(&big[i], false);
 }
