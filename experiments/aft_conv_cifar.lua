@@ -115,7 +115,7 @@ local steps_per_epoch = train_loader:size()
 local sched = optim.WarmupCosine(opt, {warmup_steps = math.floor(cfg.warmup_epochs * steps_per_epoch),
                                        total_steps = cfg.epochs * steps_per_epoch})
 
-local first_epoch, best_acc = 1, 0
+local first_epoch, best_acc, final_acc = 1, 0, nil
 if run.resumed then
     local ck = run.checkpoint
     model:load_state_dict(ck.model)
@@ -160,6 +160,7 @@ for epoch = first_epoch, cfg.epochs do
     end
     local seconds = bar:finish()
     local test_acc, test_loss = evaluate()
+    final_acc = test_acc
     local is_best = test_acc > best_acc
     best_acc = math.max(best_acc, test_acc)
     run:log{epoch = epoch, train_loss = loss_sum / seen, train_acc = correct / seen,
@@ -177,7 +178,9 @@ for epoch = first_epoch, cfg.epochs do
     end
 end
 
-local final_acc = evaluate()
+-- The last epoch's evaluation is the final one (the model has not changed since); a run
+-- resumed with nothing left to train evaluates its checkpoint.
+final_acc = final_acc or evaluate()
 print(string.format('final test accuracy %.2f%% (%s, best %.2f%%); run directory %s',
                     final_acc * 100, dataset, best_acc * 100, run.dir))
 run:log{final_test_acc = final_acc, dataset = dataset}
