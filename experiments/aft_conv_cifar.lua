@@ -105,9 +105,10 @@ local depth, heads = {}, {}
 for d in tostring(cfg.depth):gmatch('%d+') do depth[#depth + 1] = tonumber(d) end
 for h in tostring(cfg.heads):gmatch('%d+') do heads[#heads + 1] = tonumber(h) end
 if #heads == 1 then heads = heads[1] end
-local model = AFTConvNet{in_channels = channels, classes = #train_set.classes, dim = cfg.dim,
-                         depth = depth, heads = heads, kernel = cfg.kernel,
-                         mlp_ratio = cfg.mlp_ratio}
+-- kept in the checkpoints, so that AFTConvNet(ck.model_args) rebuilds the model (README)
+local model_args = {in_channels = channels, classes = #train_set.classes, dim = cfg.dim,
+                    depth = depth, heads = heads, kernel = cfg.kernel, mlp_ratio = cfg.mlp_ratio}
+local model = AFTConvNet(model_args)
 print(model)
 
 local opt = optim.AdamW(model:param_groups(cfg.weight_decay), {lr = cfg.lr})
@@ -170,7 +171,8 @@ for epoch = first_epoch, cfg.epochs do
                         epoch, loss_sum / seen, correct / seen, test_loss, test_acc, seconds))
     run:save_checkpoint({model = model:state_dict(), optimizer = opt:state_dict(),
                          scheduler = sched:state_dict(), rng = xt.get_rng_state(),
-                         epoch = epoch, best_acc = best_acc, config = cfg}, {best = is_best})
+                         epoch = epoch, best_acc = best_acc, config = cfg, model_args = model_args},
+                        {best = is_best})
     run:plot()
     if run:should_stop(epoch) then
         print(string.format('stopped after epoch %d; continue with --resume %s', epoch, run.dir))

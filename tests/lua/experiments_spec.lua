@@ -60,6 +60,31 @@ describe('experiments/aft_conv_cifar.lua', function()
         assert.are.equal(3, img:size(3))
     end)
 
+    it("rebuilds its model from a checkpoint, as the README's REPL session does", function()
+        local dir = root .. '/explore'
+        run('experiments/aft_conv_cifar.lua', flags .. ' --epochs 1 --out ' .. dir)
+        local ck = xt.load(dir .. '/best.xt')
+        local m = require('xt.models.aft_conv_net')(ck.model_args)
+        m:load_state_dict(ck.model)
+        m:eval()
+        for name, t in pairs(m:state_dict()) do
+            assert.are.equal(0, (t:float() - ck.model[name]:float()):abs():max():item(), name)
+        end
+        local s = xt.data.fashion_mnist{split = 'test'}[1]
+        local x = (s.image:permute(3, 1, 2):float() / 255 - 0.286) / 0.353
+        local logits = m(x:unsqueeze(1))
+        assert.are.same({1, 10}, {logits:size(1), logits:size(2)})
+        local class = logits:softmax(2):argmax(2)[1]
+        assert.is_true(class >= 1 and class <= 10)
+        local w = m.stages[1].attn:position_bias()
+        assert.are.same({4, 3, 3}, {w:size(1), w:size(2), w:size(3)})
+        w = (w - w:amin()) / (w:amax() - w:amin())
+        local tiles = {}
+        for h = 1, w:size(1) do tiles[h] = w[h]:unsqueeze(1) end
+        xt.image.save(dir .. '/kernels.png', xt.image.grid(tiles, {nrow = 4}))
+        assert.is_true(xt.image.load(dir .. '/kernels.png'):size(1) >= 3)
+    end)
+
     it('names a bad --augment value', function()
         local log = root .. '/bad_augment.txt'
         local ok = os.execute(string.format("'%s' experiments/aft_conv_cifar.lua %s --augment crop,spin "
