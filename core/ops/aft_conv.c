@@ -508,15 +508,16 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
             if (dqc) prefetch_out(dqc + P, P);
             if (dv) prefetch_out(dv + (c + 1) * P, P);
         }
-        double hsum = 0;
-#pragma omp simd reduction(+ : hsum)
+#pragma omp simd
         for (int64_t p = 0; p < P; p++) {
             float s = aft_sigmoid(qc[p]);
             if (dqc) dqc[p] = gc[p] * ac[p] * s * (1.0f - s);
             h[p] = gc[p] * s * inv[p];
             ap[p] += h[p] * ac[p];
-            hsum += h[p];
         }
+        /* a pass of its own: in the loop above, beside the sigmoid's constants, the double
+         * accumulators went through the stack every iteration */
+        double hsum = plane_sum(h, P);
         pad_plane(g, Wp, Hn + org, h);
         if (need_kv) {
             /* U = exp(-r) sum_p Hn + conv^T(Hn, F'); dV = E U, vu += V U */
