@@ -9,6 +9,7 @@
  */
 #include "attn_patterns.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,6 +84,98 @@ attn_tile attn_classify(const attn_pattern *p, int64_t i0, int64_t i1, int64_t j
     }
     }
     return ATTN_TILE_PARTIAL;
+}
+
+/* Positive remainder of a by b > 0. */
+static int64_t pos_mod(int64_t a, int64_t b)
+{
+    int64_t m = a % b;
+    return m < 0 ? m + b : m;
+}
+
+/* The element rule over a whole tile. Per element, allowed() costs several times the
+ * tile's GEMM (integer divisions), so here each row is one contiguous run of keys it sees for
+ * sure (its band, or its block) and, outside it, keys open to the row (a summary, global or
+ * random-block key, a multiple of the stride) kept through a per-column mark (0: open,
+ * -inf: hidden): vectorisable selects, divisions once per row and per column.
+ * Columns go in chunks of at most MASK_CHUNK. */
+enum { MASK_CHUNK = 64 };
+
+/* row[c] = -inf where pen[c] is, for c in [0, n) outside [lo, hi] (a select, not an add:
+ * an infinite score stays hidden) */
+static void penalise_outside(float *row, const float *pen, int64_t n, int64_t lo, int64_t hi)
+{
+    int64_t a = lo < 0 ? 0 : lo > n ? n : lo, b = hi + 1 < 0 ? 0 : hi + 1 > n ? n : hi + 1;
+    if (b < a) b = a;
+    for (int64_t c = 0; c < a; c++) row[c] = pen[c] < 0.0f ? -INFINITY : row[c];
+    for (int64_t c = b; c < n; c++) row[c] = pen[c] < 0.0f ? -INFINITY : row[c];
+}
+
+void attn_mask_tile(const attn_pattern *p, int64_t i0, int64_t br, int64_t j0, int64_t bc,
+                    float *s, int64_t ld)
+{
+    float pen[MASK_CHUNK], all[MASK_CHUNK];
+    int64_t col_block[MASK_CHUNK];
+    bool col_open[MASK_CHUNK]; /* seen by every query: a summary or global key */
+    for (int64_t c = 0; c < MASK_CHUNK; c++) all[c] = -INFINITY;
+    for (int64_t c0 = 0; c0 < bc; c0 += MASK_CHUNK) {
+        int64_t n = bc - c0 < MASK_CHUNK ? bc - c0 : MASK_CHUNK, j = j0 + c0;
+        int64_t l = p->kind == ATTN_FIXED ? p->stride : p->kind == ATTN_GLOBAL_LOCAL ? p->block : 0;
+        if (p->kind == ATTN_FIXED || p->kind == ATTN_GLOBAL_LOCAL) {
+            int64_t blk = l > 0 ? j / l : 0, m = l > 0 ? j % l : 0;
+            for (int64_t c = 0; c < n; c++) {
+                col_block[c] = blk;
+                col_open[c] = p->kind == ATTN_FIXED ? m >= p->stride - p->summary
+                                                    : p->is_global[j + c] != 0;
+                if (l > 0 && ++m == l) m = 0, blk++;
+            }
+        }
+        if (p->kind == ATTN_FIXED)
+            for (int64_t c = 0; c < n; c++) pen[c] = col_open[c] ? 0.0f : -INFINITY;
+        const uint8_t *row_pairs = NULL; /* GLOBAL_LOCAL: pen holds the open keys of */
+        bool pen_made = false;            /* the rows with these random pairs */
+        for (int64_t r = 0; r < br; r++) {
+            int64_t i = i0 + r;
+            float *row = s + r * ld + c0;
+            switch (p->kind) {
+            case ATTN_LOCAL: /* -right <= i - j <= left */
+                penalise_outside(row, all, n, i - p->left - j, i + p->right - j);
+                break;
+            case ATTN_STRIDED: { /* the band |i - j| <= l, and the multiples of l outside it */
+                int64_t st = p->stride, lo = i - st - j, hi = i + st - j;
+                float kept[MASK_CHUNK];
+                int64_t first = pos_mod(i - j, st), nk = 0; /* first column with i - j = 0 mod l */
+                for (int64_t c = first; c < n; c += st) kept[nk++] = row[c];
+                penalise_outside(row, all, n, lo, hi);
+                nk = 0;
+                for (int64_t c = first; c < n; c += st) row[c] = kept[nk++];
+                break;
+            }
+            case ATTN_FIXED: { /* the row's block, and the summary keys */
+                int64_t start = i / p->stride * p->stride - j;
+                penalise_outside(row, pen, n, start, start + p->stride - 1);
+                break;
+            }
+            case ATTN_GLOBAL_LOCAL: {
+                if (p->is_global[i]) break;
+                const uint8_t *pairs = p->rand_pair ? p->rand_pair + (i / p->block) * p->blocks
+                                                    : NULL;
+                if (!pen_made || pairs != row_pairs) {
+                    for (int64_t c = 0; c < n; c++)
+                        pen[c] = col_open[c] || (pairs && pairs[col_block[c]]) ? 0.0f : -INFINITY;
+                    row_pairs = pairs;
+                    pen_made = true;
+                }
+                penalise_outside(row, pen, n, i - p->left - j, i + p->right - j);
+                break;
+            }
+            }
+            if (p->causal) { /* keys after i are hidden whatever the pattern says */
+                int64_t from = i - j + 1 < 0 ? 0 : i - j + 1;
+                for (int64_t c = from; c < n; c++) row[c] = -INFINITY;
+            }
+        }
+    }
 }
 
 void attn_blocks_free(attn_blocks *b)

@@ -59,6 +59,11 @@ static inline bool attn_allowed(const attn_pattern *p, int64_t i, int64_t j)
     return false;
 }
 
+/* s[r * ld + c] = -inf for each query i0 + r (r < br) and key j0 + c (c < bc) that
+ * attn_allowed refuses; the rest of s is left as it is. */
+void attn_mask_tile(const attn_pattern *p, int64_t i0, int64_t br, int64_t j0, int64_t bc,
+                    float *s, int64_t ld);
+
 /* The rectangle of queries [i0, i1) x keys [j0, j1). */
 attn_tile attn_classify(const attn_pattern *p, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
 

@@ -120,9 +120,7 @@ static void score_tile(const sdpa_geom *g, const sdpa_unit *u, int64_t i0, int64
     xt_sgemm(false, true, br, bc, g->d, g->scale, u->q + i0 * u->ldq, u->ldq,
              u->k + j0 * u->ldk, u->ldk, 0.0f, s, SDPA_BC);
     if (kind == ATTN_TILE_PARTIAL) {  /* a pattern's edge tile: its element rule decides */
-        for (int64_t r = 0; r < br; r++)
-            for (int64_t c = 0; c < bc; c++)
-                if (!attn_allowed(g->pat, i0 + r, j0 + c)) s[r * SDPA_BC + c] = -INFINITY;
+        attn_mask_tile(g->pat, i0, br, j0, bc, s, SDPA_BC);
         return;
     }
     if (!g->causal || j0 + bc - 1 <= i0 + g->offset) return;  /* the whole tile is visible */

@@ -16,6 +16,7 @@
 
 #include "check.h"
 #include "internal.h"
+#include "ops/attn_patterns.h"
 #include "testlib.h"
 
 typedef enum { LOCAL, STRIDED, FIXED, GLOBAL } kind;
@@ -399,6 +400,52 @@ static void test_errors(void)
     for (int i = 0; i < 6; i++) xt_tensor_release(ts[i]);
 }
 
+/* The kernel's tile mask (attn_mask_tile, divisions hoisted out of the tile) against the
+ * library's own element rule attn_allowed, on tiles at odd offsets and wider than one column
+ * chunk, for every kind, causal and not. */
+static void test_tile_mask(void)
+{
+    enum { T = 300 };
+    uint8_t is_global[T], rand_pair[25 * 25];
+    int64_t global_before[T + 1] = {0};
+    for (int64_t t = 0; t < T; t++) {
+        is_global[t] = t % 37 == 5;
+        global_before[t + 1] = global_before[t] + is_global[t];
+    }
+    for (int64_t x = 0; x < 25 * 25; x++) rand_pair[x] = (x * 7919) % 5 == 0;
+    attn_pattern pats[] = {
+        {.kind = ATTN_LOCAL, .T = T, .left = 17, .right = 5},
+        {.kind = ATTN_STRIDED, .T = T, .stride = 13},
+        {.kind = ATTN_FIXED, .T = T, .stride = 24, .summary = 3},
+        {.kind = ATTN_FIXED, .T = T, .stride = 7, .summary = 0},
+        {.kind = ATTN_GLOBAL_LOCAL, .T = T, .left = 9, .right = 9, .is_global = is_global,
+         .global_before = global_before},
+        {.kind = ATTN_GLOBAL_LOCAL, .T = T, .left = 12, .right = 0, .is_global = is_global,
+         .global_before = global_before, .block = 12, .blocks = 25, .rand_pair = rand_pair},
+    };
+    const int64_t tiles[][4] = {{0, 64, 0, 64}, {37, 50, 3, 130}, {200, 64, 150, 100},
+                                {250, 50, 0, 300}, {1, 1, 290, 10}};
+    static float s[64 * 300];
+    for (size_t k = 0; k < sizeof pats / sizeof *pats; k++)
+        for (int causal = 0; causal < 2; causal++) {
+            attn_pattern p = pats[k];
+            p.causal = causal;
+            for (size_t t = 0; t < sizeof tiles / sizeof *tiles; t++) {
+                int64_t i0 = tiles[t][0], br = tiles[t][1], j0 = tiles[t][2], bc = tiles[t][3];
+                for (int64_t x = 0; x < br * bc; x++) s[x] = 1.0f;
+                attn_mask_tile(&p, i0, br, j0, bc, s, bc);
+                int64_t wrong = 0;
+                for (int64_t r = 0; r < br; r++)
+                    for (int64_t c = 0; c < bc; c++)
+                        wrong += attn_allowed(&p, i0 + r, j0 + c) != (s[r * bc + c] == 1.0f);
+                if (wrong)
+                    fprintf(stderr, "tile mask, pattern %zu causal %d tile %zu: %lld wrong\n", k,
+                            causal, t, (long long)wrong);
+                CHECK(wrong == 0);
+            }
+        }
+}
+
 int main(void)
 {
     test_seed("test_attn_patterns", 20261123);
@@ -407,5 +454,6 @@ int main(void)
     test_causality();
     test_dense_agreement();
     test_errors();
+    test_tile_mask();
     return check_report("test_attn_patterns");
 }
