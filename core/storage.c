@@ -18,9 +18,12 @@ enum { XT_ALIGN = 64 };
  * the next use, which halves the speed of a training step's big temporaries. Large
  * blocks (>= 256 KB) are rounded up to one of four steps per power of two (at most 25%
  * slack) and, when released, kept in a free list for their size class, up to
- * XT_CACHE_LIMIT bytes in all; beyond that they go back to the system.
+ * XT_CACHE_LIMIT bytes in all. A block that does not fit first evicts the blocks of
+ * classes nobody has asked for in the last XT_CACHE_STALE large allocations (a phase
+ * that is over: evaluation at another batch size, a finished experiment), so that the
+ * cache follows the working set; if it still does not fit it goes back to the system.
  */
-enum { XT_CACHE_MIN = 256 * 1024, XT_CACHE_CLASSES = 4 * 48 };
+enum { XT_CACHE_MIN = 256 * 1024, XT_CACHE_CLASSES = 4 * 48, XT_CACHE_STALE = 2048 };
 static const int64_t XT_CACHE_LIMIT = (int64_t)1 << 30;
 
 typedef struct cached_block {
@@ -31,7 +34,9 @@ static struct {
     pthread_mutex_t lock;
     cached_block *free_list[XT_CACHE_CLASSES];
     int64_t cached_bytes;
-} cache = {PTHREAD_MUTEX_INITIALIZER, {0}, 0};
+    uint64_t tick;                           /* large allocations so far */
+    uint64_t last_asked[XT_CACHE_CLASSES];   /* the tick of each class's last allocation */
+} cache = {PTHREAD_MUTEX_INITIALIZER, {0}, 0, 0, {0}};
 
 /* Rounded size and size class of a request (class -1: not cached). */
 static int64_t block_size(int64_t nbytes, int *size_class)
@@ -54,6 +59,7 @@ static void *block_alloc(int64_t size, int size_class)
 {
     if (size_class >= 0) {
         pthread_mutex_lock(&cache.lock);
+        cache.last_asked[size_class] = ++cache.tick;
         cached_block *b = cache.free_list[size_class];
         if (b) {
             cache.free_list[size_class] = b->next;
@@ -70,10 +76,38 @@ static void *block_alloc(int64_t size, int size_class)
     return p;
 }
 
+/* The size of class c's blocks (the upper end of its rounding step). */
+static int64_t class_bytes(int c)
+{
+    int64_t step = ((int64_t)1 << (c / 4)) / 4;
+    return ((int64_t)1 << (c / 4)) + (c % 4) * step;
+}
+
+/* Frees the cached blocks of stale classes (not asked for in XT_CACHE_STALE ticks), the
+ * longest unasked first, until `need` more bytes fit. Called with the lock held. */
+static void evict_stale(int64_t need)
+{
+    while (cache.cached_bytes + need > XT_CACHE_LIMIT) {
+        int oldest = -1;
+        for (int c = 0; c < XT_CACHE_CLASSES; c++)
+            if (cache.free_list[c] && cache.tick - cache.last_asked[c] > XT_CACHE_STALE &&
+                (oldest < 0 || cache.last_asked[c] < cache.last_asked[oldest]))
+                oldest = c;
+        if (oldest < 0) return;
+        while (cache.free_list[oldest] && cache.cached_bytes + need > XT_CACHE_LIMIT) {
+            cached_block *b = cache.free_list[oldest];
+            cache.free_list[oldest] = b->next;
+            cache.cached_bytes -= class_bytes(oldest);
+            free(b);
+        }
+    }
+}
+
 static void block_free(void *p, int64_t size, int size_class)
 {
     if (size_class >= 0) {
         pthread_mutex_lock(&cache.lock);
+        if (cache.cached_bytes + size > XT_CACHE_LIMIT) evict_stale(size);
         bool keep = cache.cached_bytes + size <= XT_CACHE_LIMIT;
         if (keep) {
             cached_block *b = p;

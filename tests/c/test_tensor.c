@@ -90,6 +90,39 @@ static void test_leaf_rules(void)
     xt_tensor_release(w);
 }
 
+/* The block cache follows the working set: a phase's blocks fill it, a later phase with
+ * other sizes is kept once the first phase's classes have gone unasked for long enough. */
+static xt_tensor *floats(int64_t n)
+{
+    int64_t shape[1] = {n};
+    return xt_empty(1, shape, XT_FLOAT32);
+}
+
+static void test_cache_follows_phases(void)
+{
+    const int64_t MiB = 1 << 20;
+    xt_empty_cache();
+    xt_tensor *old[4];
+    for (int i = 0; i < 4; i++) old[i] = floats(64 * MiB);  /* 4 x 256 MiB: the whole cache */
+    for (int i = 0; i < 4; i++) xt_tensor_release(old[i]);
+    CHECK(xt_cached_bytes() == 1024 * MiB);
+    /* a new size that does not fit while the old phase is recent: back to the system */
+    xt_tensor_release(floats(24 * MiB));
+    CHECK(xt_cached_bytes() == 1024 * MiB);
+    /* a long phase of 1 MiB blocks: the 256 MiB class goes stale and makes room */
+    for (int i = 0; i < 3000; i++) xt_tensor_release(floats(MiB / 4));
+    CHECK(xt_cached_bytes() < 1024 * MiB);
+    int64_t before = xt_cached_bytes();
+    xt_tensor_release(floats(24 * MiB));
+    CHECK(xt_cached_bytes() == before + 96 * MiB);   /* 96 MiB: a class of its own size */
+    /* a class in use is never evicted for another: the 96 MiB block is asked for again */
+    xt_tensor *again = floats(24 * MiB);
+    CHECK(xt_cached_bytes() == before);
+    xt_tensor_release(again);
+    xt_empty_cache();
+    CHECK(xt_cached_bytes() == 0);
+}
+
 int main(void)
 {
     test_lifetime();
@@ -97,5 +130,6 @@ int main(void)
     test_rng();
     test_copy_dtypes();
     test_leaf_rules();
+    test_cache_follows_phases();
     return check_report("test_tensor");
 }
