@@ -74,6 +74,41 @@ describe('Adam and AdamW', function()
     end)
 end)
 
+describe('hyper-parameters', function()
+    local function message(fn)
+        local ok, err = pcall(fn)
+        assert.is_false(ok)
+        return tostring(err)
+    end
+    local p = {xt.zeros(2):requires_grad()}
+
+    it('are checked when the optimizer is made, naming the bad value', function()
+        assert.truthy(message(function() optim.AdamW(p, {lr = -1}) end)
+                      :find('AdamW: lr must be a number >= 0, got -1', 1, true))
+        assert.truthy(message(function() optim.Adam(p, {betas = {0.9, 1}}) end)
+                      :find('Adam: betas[2] must be a number in [0, 1), got 1', 1, true))
+        assert.truthy(message(function() optim.SGD(p, {lr = 0.1, momentum = -0.5}) end)
+                      :find('SGD: momentum must be a number >= 0, got -0.5', 1, true))
+        assert.truthy(message(function() optim.AdamW(p, {weight_decay = 0 / 0}) end)
+                      :find('AdamW: weight_decay must be a number >= 0, got', 1, true))
+        assert.truthy(message(function() optim.SGD(p, {lr = '0.1'}) end)
+                      :find('SGD: lr must be a number >= 0, got 0.1', 1, true))
+    end)
+
+    it('are checked in every parameter group', function()
+        local opt = optim.AdamW(p, {lr = 1e-3})
+        assert.truthy(message(function()
+            opt:add_param_group{params = {xt.zeros(1):requires_grad()}, eps = -1}
+        end):find('AdamW: eps must be a number >= 0, got -1', 1, true))
+        assert.are.equal(1, #opt.param_groups)
+    end)
+
+    it('accept the edges of their ranges', function()
+        optim.SGD(p, {lr = 0, momentum = 0, weight_decay = 0})
+        optim.Adam(p, {lr = 0, betas = {0, 0.999999}, eps = 0})
+    end)
+end)
+
 describe('optimizer state', function()
     it('keeps per-group hyper-parameters', function()
         local a, b = xt.ones(1):requires_grad(), xt.ones(1):requires_grad()

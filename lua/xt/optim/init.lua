@@ -34,8 +34,31 @@ function Optimizer:add_param_group(group)
         if not xt.is_tensor(p) then xt._raise(string.format('%s: parameter %d is not a tensor', self.__name, i)) end
         if p.dtype ~= 'float32' then xt._raise(string.format('%s: parameter %d is %s, expected float32', self.__name, i, p.dtype)) end
     end
+    self:_check_group(g)
     g.initial_lr = g.initial_lr or g.lr
     self.param_groups[#self.param_groups + 1] = g
+end
+
+-- The hyper-parameters a group may hold and their ranges, checked when the optimizer (or a
+-- group) is made rather than at the first step, as PyTorch does.
+local RANGES = {
+    lr = {0, math.huge, '>= 0'}, weight_decay = {0, math.huge, '>= 0'},
+    momentum = {0, math.huge, '>= 0'}, eps = {0, math.huge, '>= 0'},
+    beta1 = {0, 1, 'in [0, 1)', true}, beta2 = {0, 1, 'in [0, 1)', true},
+}
+
+function Optimizer:_check_group(g)
+    for key, r in pairs(RANGES) do
+        local v = g[key]
+        if v ~= nil then
+            local ok = type(v) == 'number' and v >= r[1] and (v < r[2] or (not r[4] and v == r[2]))
+            if not ok or v ~= v then
+                local name = key:match('^beta') and ('betas[' .. key:sub(-1) .. ']') or key
+                xt._raise(string.format('%s: %s must be a number %s, got %s', self.__name, name,
+                                        r[3], tostring(v)))
+            end
+        end
+    end
 end
 
 function Optimizer:zero_grad()
