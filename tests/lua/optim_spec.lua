@@ -180,4 +180,23 @@ describe('learning-rate schedules', function()
         assert.is_true(near(v[7], 0.5))
         assert.is_true(near(v[9], 0, 1e-12))
     end)
+
+    it('name a bad option when made, not with a NaN learning rate at the first step', function()
+        local opt = optim.SGD({xt.ones(1):requires_grad()}, {lr = 1})
+        local cases = {
+            {optim.StepLR, {step_size = 0}, 'StepLR: step_size must be an integer >= 1, got 0'},
+            {optim.StepLR, {step_size = 2, gamma = -1}, 'StepLR: gamma must be a number >= 0, got -1'},
+            {optim.CosineAnnealingLR, {T_max = 0}, 'CosineAnnealingLR: T_max must be an integer >= 1, got 0'},
+            {optim.CosineAnnealingLR, {}, 'CosineAnnealingLR: T_max is required'},
+            {optim.WarmupCosine, {total_steps = 2.5}, 'WarmupCosine: total_steps must be an integer >= 1, got 2.5'},
+            {optim.WarmupCosine, {total_steps = 5, warmup_steps = -1},
+             'WarmupCosine: warmup_steps must be an integer >= 0, got -1'},
+        }
+        for _, c in ipairs(cases) do
+            local ok, err = pcall(c[1], opt, c[2])
+            assert.is_false(ok)
+            assert.truthy(tostring(err):find(c[3], 1, true), tostring(err))
+        end
+        assert.are.equal(1, opt.param_groups[1].lr)   -- a refused schedule left the lr alone
+    end)
 end)

@@ -5,6 +5,18 @@ local class = require('xt.class').class
 
 local S = {}
 
+-- A schedule's option: a number (an integer when `integer`) >= lo, else a clear error.
+local function option(who, opts, key, lo, integer, default)
+    local v = opts[key]
+    if v == nil then v = default end
+    if v == nil then xt._raise(string.format('%s: %s is required', who, key)) end
+    if type(v) ~= 'number' or v ~= v or v < lo or (integer and v ~= math.floor(v)) then
+        xt._raise(string.format('%s: %s must be %s >= %s, got %s', who, key,
+                                integer and 'an integer' or 'a number', tostring(lo), tostring(v)))
+    end
+    return v
+end
+
 local Scheduler = class('Scheduler')
 S.Scheduler = Scheduler
 function Scheduler:__init(optimizer)
@@ -35,8 +47,9 @@ end
 -- StepLR(opt, {step_size, gamma=0.1}): lr * gamma^floor(step / step_size)
 S.StepLR = class('StepLR', Scheduler)
 function S.StepLR:__init(opt, opts)
-    if not (opts and opts.step_size) then xt._raise('StepLR: step_size is required') end
-    self.step_size, self.gamma = opts.step_size, opts.gamma or 0.1
+    opts = opts or {}
+    self.step_size = option('StepLR', opts, 'step_size', 1, true)
+    self.gamma = option('StepLR', opts, 'gamma', 0, false, 0.1)
     Scheduler.__init(self, opt)
 end
 function S.StepLR:lr_at(t, base) return base * self.gamma ^ math.floor(t / self.step_size) end
@@ -44,8 +57,9 @@ function S.StepLR:lr_at(t, base) return base * self.gamma ^ math.floor(t / self.
 -- CosineAnnealingLR(opt, {T_max, eta_min=0})
 S.CosineAnnealingLR = class('CosineAnnealingLR', Scheduler)
 function S.CosineAnnealingLR:__init(opt, opts)
-    if not (opts and opts.T_max) then xt._raise('CosineAnnealingLR: T_max is required') end
-    self.T_max, self.eta_min = opts.T_max, opts.eta_min or 0
+    opts = opts or {}
+    self.T_max = option('CosineAnnealingLR', opts, 'T_max', 1, true)
+    self.eta_min = option('CosineAnnealingLR', opts, 'eta_min', 0, false, 0)
     Scheduler.__init(self, opt)
 end
 function S.CosineAnnealingLR:lr_at(t, base)
@@ -57,8 +71,10 @@ end
 -- over warmup_steps, then cosine down to min_lr at total_steps.
 S.WarmupCosine = class('WarmupCosine', Scheduler)
 function S.WarmupCosine:__init(opt, opts)
-    if not (opts and opts.total_steps) then xt._raise('WarmupCosine: total_steps is required') end
-    self.warmup, self.total, self.min_lr = opts.warmup_steps or 0, opts.total_steps, opts.min_lr or 0
+    opts = opts or {}
+    self.total = option('WarmupCosine', opts, 'total_steps', 1, true)
+    self.warmup = option('WarmupCosine', opts, 'warmup_steps', 0, true, 0)
+    self.min_lr = option('WarmupCosine', opts, 'min_lr', 0, false, 0)
     Scheduler.__init(self, opt)
 end
 function S.WarmupCosine:lr_at(t, base)
