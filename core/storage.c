@@ -76,7 +76,7 @@ static void *block_alloc(int64_t size, int size_class)
     return p;
 }
 
-/* The size of class c's blocks (the upper end of its rounding step). */
+/* The size of class c's blocks (what block_size rounds its requests up to). */
 static int64_t class_bytes(int c)
 {
     int64_t step = ((int64_t)1 << (c / 4)) / 4;
