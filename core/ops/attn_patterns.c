@@ -115,23 +115,23 @@ void attn_mask_tile(const attn_pattern *p, int64_t i0, int64_t br, int64_t j0, i
                     float *s, int64_t ld)
 {
     float pen[MASK_CHUNK], all[MASK_CHUNK];
-    int64_t col_block[MASK_CHUNK];
-    bool col_open[MASK_CHUNK]; /* seen by every query: a summary or global key */
+    int64_t col_block[MASK_CHUNK]; /* GLOBAL_LOCAL: the key's block of BigBird's random pairs */
     for (int64_t c = 0; c < MASK_CHUNK; c++) all[c] = -INFINITY;
     for (int64_t c0 = 0; c0 < bc; c0 += MASK_CHUNK) {
         int64_t n = bc - c0 < MASK_CHUNK ? bc - c0 : MASK_CHUNK, j = j0 + c0;
-        int64_t l = p->kind == ATTN_FIXED ? p->stride : p->kind == ATTN_GLOBAL_LOCAL ? p->block : 0;
-        if (p->kind == ATTN_FIXED || p->kind == ATTN_GLOBAL_LOCAL) {
-            int64_t blk = l > 0 ? j / l : 0, m = l > 0 ? j % l : 0;
+        if (p->kind == ATTN_FIXED) { /* the summary keys are open to every row */
+            int64_t l = p->stride, m = j % l;
+            for (int64_t c = 0; c < n; c++) {
+                pen[c] = m >= l - p->summary ? 0.0f : -INFINITY;
+                if (++m == l) m = 0;
+            }
+        } else if (p->kind == ATTN_GLOBAL_LOCAL && p->rand_pair) {
+            int64_t l = p->block, blk = j / l, m = j % l;
             for (int64_t c = 0; c < n; c++) {
                 col_block[c] = blk;
-                col_open[c] = p->kind == ATTN_FIXED ? m >= p->stride - p->summary
-                                                    : p->is_global[j + c] != 0;
-                if (l > 0 && ++m == l) m = 0, blk++;
+                if (++m == l) m = 0, blk++;
             }
         }
-        if (p->kind == ATTN_FIXED)
-            for (int64_t c = 0; c < n; c++) pen[c] = col_open[c] ? 0.0f : -INFINITY;
         const uint8_t *row_pairs = NULL; /* GLOBAL_LOCAL: pen holds the open keys of */
         bool pen_made = false;            /* the rows with these random pairs */
         for (int64_t r = 0; r < br; r++) {
@@ -162,7 +162,8 @@ void attn_mask_tile(const attn_pattern *p, int64_t i0, int64_t br, int64_t j0, i
                                                     : NULL;
                 if (!pen_made || pairs != row_pairs) {
                     for (int64_t c = 0; c < n; c++)
-                        pen[c] = col_open[c] || (pairs && pairs[col_block[c]]) ? 0.0f : -INFINITY;
+                        pen[c] = p->is_global[j + c] || (pairs && pairs[col_block[c]]) ? 0.0f
+                                                                                       : -INFINITY;
                     row_pairs = pairs;
                     pen_made = true;
                 }
