@@ -26,8 +26,9 @@ enum { XT_ALIGN = 64 };
 enum { XT_CACHE_MIN = 256 * 1024, XT_CACHE_CLASSES = 4 * 48, XT_CACHE_STALE = 2048 };
 static const int64_t XT_CACHE_LIMIT = (int64_t)1 << 30;
 
-typedef struct cached_block {
+typedef struct cached_block { /* the head of a cached block (>= 256 KB: room to spare) */
     struct cached_block *next;
+    int64_t size;
 } cached_block;
 
 static struct {
@@ -76,13 +77,6 @@ static void *block_alloc(int64_t size, int size_class)
     return p;
 }
 
-/* The size of class c's blocks (what block_size rounds its requests up to). */
-static int64_t class_bytes(int c)
-{
-    int64_t step = ((int64_t)1 << (c / 4)) / 4;
-    return ((int64_t)1 << (c / 4)) + (c % 4) * step;
-}
-
 /* Frees the cached blocks of stale classes (not asked for in XT_CACHE_STALE ticks), the
  * longest unasked first, until `need` more bytes fit. Called with the lock held. */
 static void evict_stale(int64_t need)
@@ -97,7 +91,7 @@ static void evict_stale(int64_t need)
         while (cache.free_list[oldest] && cache.cached_bytes + need > XT_CACHE_LIMIT) {
             cached_block *b = cache.free_list[oldest];
             cache.free_list[oldest] = b->next;
-            cache.cached_bytes -= class_bytes(oldest);
+            cache.cached_bytes -= b->size;
             free(b);
         }
     }
@@ -111,6 +105,7 @@ static void block_free(void *p, int64_t size, int size_class)
         bool keep = cache.cached_bytes + size <= XT_CACHE_LIMIT;
         if (keep) {
             cached_block *b = p;
+            b->size = size;
             b->next = cache.free_list[size_class];
             cache.free_list[size_class] = b;
             cache.cached_bytes += size;
