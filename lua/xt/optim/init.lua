@@ -40,23 +40,21 @@ function Optimizer:add_param_group(group)
 end
 
 -- The hyper-parameters a group may hold and their ranges, checked when the optimizer (or a
--- group) is made rather than at the first step, as PyTorch does.
+-- group) is made rather than at the first step, as PyTorch does. (NaN fails every range.)
+local function non_negative(v) return v >= 0 end
+local function unit(v) return v >= 0 and v < 1 end
 local RANGES = {
-    lr = {0, math.huge, '>= 0'}, weight_decay = {0, math.huge, '>= 0'},
-    momentum = {0, math.huge, '>= 0'}, eps = {0, math.huge, '>= 0'},
-    beta1 = {0, 1, 'in [0, 1)', true}, beta2 = {0, 1, 'in [0, 1)', true},
+    lr = {non_negative, '>= 0'}, weight_decay = {non_negative, '>= 0'},
+    momentum = {non_negative, '>= 0'}, eps = {non_negative, '>= 0'},
+    beta1 = {unit, 'in [0, 1)', 'betas[1]'}, beta2 = {unit, 'in [0, 1)', 'betas[2]'},
 }
 
 function Optimizer:_check_group(g)
     for key, r in pairs(RANGES) do
         local v = g[key]
-        if v ~= nil then
-            local ok = type(v) == 'number' and v >= r[1] and (v < r[2] or (not r[4] and v == r[2]))
-            if not ok or v ~= v then
-                local name = key:match('^beta') and ('betas[' .. key:sub(-1) .. ']') or key
-                xt._raise(string.format('%s: %s must be a number %s, got %s', self.__name, name,
-                                        r[3], tostring(v)))
-            end
+        if v ~= nil and not (type(v) == 'number' and r[1](v)) then
+            xt._raise(string.format('%s: %s must be a number %s, got %s', self.__name,
+                                    r[3] or key, r[2], tostring(v)))
         end
     end
 end
