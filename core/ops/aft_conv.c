@@ -16,18 +16,20 @@
  * exp(-r) * (outside keys) + (window keys weighted by exp(w - r)): the outside keys are
  * the head's sum minus the window's, both in double, clamped at 0, so it stays positive;
  * the weighted window keys are all positive terms (float). An underflowed one is
- * recomputed with its own exact maximum (aft.h). The forward saves A = num / den and
- * log(den) per head and position.
+ * recomputed with its own exact maximum (aft.h). The forward saves log(den) per head and
+ * position; the backward reads y = sigmoid(q) A where it needs A (below).
  *
  * Work: one task per (batch item, head). Per-position arithmetic (exp, sigmoid, products)
  * runs over whole compact planes [H*W]; only the window sums run on padded planes (below),
  * to which planes are copied row by row. Backward (Hn = G sigmoid(q) / den,
- * a = sum over the head's channels of Hn A):
+ * a = sum over the head's channels of Hn A = G y / den; dq = G A sigmoid'(q) =
+ * G y (1 - sigmoid(q)), so A itself is never stored):
  *   U = exp(-r) sum_p Hn + conv^T(Hn, F'),  Ua likewise from a,
  *   dV = E U,  dK = E (sum_c V U - Ua),  dw[d] = exp(w[d] - r) sum_p E_{p+d} (sum_c Hn_p V_{p+d} - a_p)
  * with dw summed over batch items in a fixed order.
  */
 #include "aft.h"
+#include "stream_store.h"
 
 #include <omp.h>
 
@@ -303,7 +305,7 @@ static void plane_dot(const conv_geom *g, int64_t Wp, double *dwl, double sign,
 static int64_t conv_scratch_floats(const conv_geom *g)
 {
     pad_geom pg = pad_layout(g);
-    return 6 * g->P + 4 * pg.n + 2 * plane_rows(g, pg.Wp);
+    return 7 * g->P + 4 * pg.n + 2 * plane_rows(g, pg.Wp);
 }
 
 static int64_t conv_scratch_doubles(const conv_geom *g)
@@ -356,10 +358,11 @@ static int64_t conv_denominators(const conv_geom *g, const float *kern, const fl
     return flagged;
 }
 
-/* One (b, head): y and A for its channels, lam [P] = log(den) relative to m + r. */
+/* One (b, head): y for its channels, lam [P] = log(den) relative to m + r. stream: y is
+ * written around the caches (stream_store.h). */
 static void conv_forward_head(const conv_geom *g, const float *kern, const float *q,
                               const float *kp, const float *v, const float *wh, float *y,
-                              float *A, float *lam, float *scratch, double *dscratch)
+                              float *lam, bool stream, float *scratch, double *dscratch)
 {
     int64_t P = g->P, cg = g->cg;
     pad_geom pg = pad_layout(g);
@@ -376,12 +379,11 @@ static void conv_forward_head(const conv_geom *g, const float *kern, const float
     /* per channel: X = E V (padded), num = exp(-r) sum_p X + the window sums */
     for (int64_t c = 0; c < cg; c++) {
         const float *vc = v + c * P, *qc = q + c * P;
-        float *yc = y + c * P, *ac = A + c * P;
+        float *yc = y + c * P;
         if (c + 1 < cg) {
             prefetch_floats(vc + P, P);
             prefetch_floats(qc + P, P);
-            prefetch_out(yc + P, P);
-            prefetch_out(ac + P, P);
+            if (!stream) prefetch_out(yc + P, P);
         }
         double total = 0;
 #pragma omp simd reduction(+ : total)
@@ -395,12 +397,10 @@ static void conv_forward_head(const conv_geom *g, const float *kern, const float
         for (int64_t o = 0; o < no; o++) num[o] = start;
         plane_corr(g, Wp, num, X, kern);
         unpad_plane(g, Wp, t, num);
+        float *yr = stream ? t : yc; /* in place: t is not read again */
 #pragma omp simd
-        for (int64_t p = 0; p < P; p++) {
-            float a = invd[p] > 0 ? t[p] * invd[p] : 0.0f;
-            ac[p] = a;
-            yc[p] = sq[p] * a;
-        }
+        for (int64_t p = 0; p < P; p++) yr[p] = invd[p] > 0 ? sq[p] * (t[p] * invd[p]) : 0.0f;
+        if (stream) xt_store_row(yc, t, P);
     }
     if (flagged == 0) return;
     for (int64_t p = 0; p < P; p++) {
@@ -411,7 +411,6 @@ static void conv_forward_head(const conv_geom *g, const float *kern, const float
             double n = 0;
             for (int64_t pk = 0; pk < P; pk++)
                 n += exp((double)kp[pk] + conv_bias(g, wh, p, pk) - L) * vc[pk];
-            A[c * P + p] = (float)n;
             y[c * P + p] = aft_sigmoid(q[c * P + p]) * (float)n;
         }
     }
@@ -443,13 +442,14 @@ static bool conv_work_init(const conv_geom *g, const float *w, int nt, conv_work
 }
 
 static xt_status conv_forward(const conv_geom *g, const float *q, const float *k, const float *v,
-                              const float *w, float *y, float *A, float *lam)
+                              const float *w, float *y, float *lam)
 {
     int nt = omp_get_max_threads();
     int64_t nf = conv_scratch_floats(g), nd = conv_scratch_doubles(g), kn = KERN(g->kk);
     conv_work cw;
     if (!conv_work_init(g, w, nt, &cw)) return xt_last_status();
     int64_t tasks = g->B * g->heads;
+    bool stream = xt_streams(3 * g->B * g->C * g->P * (int64_t)sizeof(float));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) \
     if (g->B * g->C * g->P * g->kk > XT_PARALLEL_GRAIN)
     for (int64_t task = 0; task < tasks; task++) {
@@ -457,8 +457,9 @@ static xt_status conv_forward(const conv_geom *g, const float *q, const float *k
         int64_t off = (b * g->C + i * g->cg) * g->P;
         int tid = omp_get_thread_num();
         conv_forward_head(g, cw.kern + i * kn, q + off, k + task * g->P, v + off, w + i * g->kk,
-                          y + off, A + off, lam + task * g->P, cw.scratch + tid * nf,
+                          y + off, lam + task * g->P, stream, cw.scratch + tid * nf,
                           cw.dscratch + tid * nd);
+        if (stream) xt_store_fence();
     }
     aft_release(3, cw.hold);
     return XT_OK;
@@ -471,11 +472,12 @@ typedef struct conv_grads {
     double *dw;          /* [B, heads, kk] partial sums, or NULL */
 } conv_grads;
 
-/* One (b, head). Offsets into the tensors are applied by the caller. */
+/* One (b, head). Offsets into the tensors are applied by the caller. stream: dq and dv
+ * are written around the caches (stream_store.h). */
 static void conv_backward_head(const conv_geom *g, const float *kern, const float *q,
-                               const float *kp, const float *v, const float *wh, const float *A,
+                               const float *kp, const float *v, const float *wh, const float *y,
                                const float *lam, const float *G, float *dq, float *dkp,
-                               float *dv, double *dw, float *scratch, double *dwl)
+                               float *dv, double *dw, bool stream, float *scratch, double *dwl)
 {
     int64_t P = g->P, W = g->W, kk = g->kk, cg = g->cg;
     pad_geom pg = pad_layout(g);
@@ -486,6 +488,7 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
     float *Hn = u + P, *X = Hn + pg.n;   /* one channel's Hn and E V, padded */
     float *ad = X + pg.n, *Ep = ad + pg.n; /* a and E, padded */
     float *U = Ep + pg.n;                /* [H, Wp]: one channel's U, then Ua */
+    float *dq_plane = U + plane_rows(g, Wp); /* one channel's dq when streaming */
     float m = keys_exp(P, kp, E), r = kern[3 * kk];
     double osc = exp(-(double)r);
     bool need_kv = dkp || dv;
@@ -498,23 +501,25 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
         vu[p] = ap[p] = 0;
     }
     for (int64_t c = 0; c < cg; c++) {
-        const float *qc = q + c * P, *gc = G + c * P, *ac = A + c * P, *vc = v + c * P;
+        const float *qc = q + c * P, *gc = G + c * P, *yc = y + c * P, *vc = v + c * P;
         float *dqc = dq ? dq + c * P : NULL;
         if (c + 1 < cg) {
             prefetch_floats(qc + P, P);
             prefetch_floats(gc + P, P);
-            prefetch_floats(ac + P, P);
+            prefetch_floats(yc + P, P);
             prefetch_floats(vc + P, P);
-            if (dqc) prefetch_out(dqc + P, P);
-            if (dv) prefetch_out(dv + (c + 1) * P, P);
+            if (dqc && !stream) prefetch_out(dqc + P, P);
+            if (dv && !stream) prefetch_out(dv + (c + 1) * P, P);
         }
+        float *dqr = stream || !dqc ? dq_plane : dqc;
 #pragma omp simd
         for (int64_t p = 0; p < P; p++) {
-            float s = aft_sigmoid(qc[p]);
-            if (dqc) dqc[p] = gc[p] * ac[p] * s * (1.0f - s);
+            float s = aft_sigmoid(qc[p]), gy = gc[p] * yc[p];
+            dqr[p] = gy * (1.0f - s);
             h[p] = gc[p] * s * inv[p];
-            ap[p] += h[p] * ac[p];
+            ap[p] += gy * inv[p];
         }
+        if (stream && dqc) xt_store_row(dqc, dq_plane, P);
         /* a pass of its own: in the loop above, beside the sigmoid's constants, the double
          * accumulators went through the stack every iteration */
         double hsum = plane_sum(h, P);
@@ -526,11 +531,13 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
             plane_corr(g, Wp, U, Hn, Ff);
             unpad_plane(g, Wp, u, U);
             float *dvc = dv ? dv + c * P : NULL;
+            float *dvr = stream || !dvc ? u : dvc; /* in place: u is not read again */
 #pragma omp simd
             for (int64_t p = 0; p < P; p++) {
-                if (dvc) dvc[p] = E[p] * u[p];
                 vu[p] += vc[p] * u[p];
+                dvr[p] = E[p] * u[p];
             }
+            if (stream && dvc) xt_store_row(dvc, u, P);
         }
         if (dw) {
             /* + exp(w - r) sum_p Hn_p V_{p+d} E_{p+d} */
@@ -572,11 +579,10 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
             int64_t i = pk / W - p / W + g->kh / 2, j = pk % W - p % W + g->kw / 2;
             bool in_window = i >= 0 && i < g->kh && j >= 0 && j < g->kw;
             double gk = 0;
-            for (int64_t c = 0; c < g->cg; c++) {
-                float hh = G[c * P + p] * aft_sigmoid(q[c * P + p]);
-                float gg = hh * alpha, dvc = v[c * P + pk] - A[c * P + p];
+            for (int64_t c = 0; c < g->cg; c++) { /* gg (V - A) = gg V - alpha G y */
+                float gg = G[c * P + p] * aft_sigmoid(q[c * P + p]) * alpha;
                 if (dv) dv[c * P + pk] += gg;
-                gk += gg * dvc;
+                gk += gg * v[c * P + pk] - alpha * G[c * P + p] * y[c * P + p];
             }
             if (dkp) dkp[pk] += (float)gk;
             if (dw && in_window) dw[i * g->kw + j] += gk;
@@ -585,7 +591,7 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
 }
 
 static xt_status conv_backward(const conv_geom *g, const float *q, const float *k,
-                               const float *v, const float *w, const float *A, const float *lam,
+                               const float *v, const float *w, const float *y, const float *lam,
                                const float *G, conv_grads d)
 {
     int nt = omp_get_max_threads();
@@ -593,22 +599,25 @@ static xt_status conv_backward(const conv_geom *g, const float *q, const float *
     conv_work cw;
     if (!conv_work_init(g, w, nt, &cw)) return xt_last_status();
     int64_t tasks = g->B * g->heads;
+    bool stream = xt_streams(6 * g->B * g->C * g->P * (int64_t)sizeof(float));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) \
     if (g->B * g->C * g->P * g->kk > XT_PARALLEL_GRAIN)
     for (int64_t task = 0; task < tasks; task++) {
         int64_t b = task / g->heads, i = task % g->heads;
         int64_t off = (b * g->C + i * g->cg) * g->P, koff = task * g->P;
         conv_backward_head(g, cw.kern + i * kn, q + off, k + koff, v + off, w + i * g->kk,
-                           A + off, lam + koff, G + off, d.dq ? d.dq + off : NULL,
+                           y + off, lam + koff, G + off, d.dq ? d.dq + off : NULL,
                            d.dk ? d.dk + koff : NULL, d.dv ? d.dv + off : NULL,
-                           d.dw ? d.dw + task * g->kk : NULL, cw.scratch + omp_get_thread_num() * nf,
+                           d.dw ? d.dw + task * g->kk : NULL, stream,
+                           cw.scratch + omp_get_thread_num() * nf,
                            cw.dscratch + omp_get_thread_num() * nd);
+        if (stream) xt_store_fence();
     }
     aft_release(3, cw.hold);
     return XT_OK;
 }
 
-/* saved: 0 q, 1 k, 2 v, 3 w (contiguous), 4 A [B,C,H,W], 5 lam [B,heads,H,W]. */
+/* saved: 0 q, 1 k, 2 v, 3 w (contiguous), 4 y [B,C,H,W], 5 lam [B,heads,H,W]. */
 static xt_status aft_conv_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinputs)
 {
     xt_tensor *s[6];
@@ -701,12 +710,11 @@ xt_tensor *xt_aft_conv(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w)
     g.cg = g.C / g.heads, g.P = g.H * g.W, g.kk = g.kh * g.kw;
 
     xt_tensor *qc = aft_dense(q), *kc = aft_dense(k), *vc = aft_dense(v), *wc = aft_dense(w);
-    xt_tensor *y = xt_empty(4, q->shape, XT_FLOAT32), *A = xt_empty(4, q->shape, XT_FLOAT32);
-    xt_tensor *lam = xt_empty(4, k->shape, XT_FLOAT32);
-    xt_tensor *all[7] = {qc, kc, vc, wc, A, lam, y};
-    bool ok = qc && kc && vc && wc && y && A && lam &&
-              conv_forward(&g, qc->data, kc->data, vc->data, wc->data, y->data, A->data,
-                           lam->data) == XT_OK;
+    xt_tensor *y = xt_empty(4, q->shape, XT_FLOAT32), *lam = xt_empty(4, k->shape, XT_FLOAT32);
+    xt_tensor *all[6] = {qc, kc, vc, wc, y, lam};
+    bool ok = qc && kc && vc && wc && y && lam &&
+              conv_forward(&g, qc->data, kc->data, vc->data, wc->data, y->data, lam->data) ==
+                  XT_OK;
     xt_tensor *inputs[4] = {q, k, v, w};
     if (ok && xt_needs_grad(4, inputs)) {
         xt_node *node = xt_node_new("aft_conv", aft_conv_backward, 4, inputs);
@@ -716,9 +724,10 @@ xt_tensor *xt_aft_conv(xt_tensor *q, xt_tensor *k, xt_tensor *v, xt_tensor *w)
         else xt_node_release(node);
     }
     if (!ok) {
-        aft_release(7, all);
+        aft_release(6, all);
         return NULL;
     }
-    aft_release(6, all);
+    aft_release(4, all); /* qc kc vc wc; lam below; y to the caller */
+    xt_tensor_release(lam);
     return y;
 }
