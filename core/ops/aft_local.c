@@ -197,7 +197,8 @@ static float direct_output(const band *g, const float *k, const float *v, const 
 /* m [B*D]: the max of each channel of k over time; X [T,J] = [E V | E] per batch item; with
  * out [nb,J] (double), the sum of X over the keys outside query block j's key range that
  * its queries may see: t' < c0(j), and t' >= c1(j) when not causal. One task per batch
- * item and group of channels, scanning time (aft.h). */
+ * item and group of channels, scanning time forwards (aft.h): with P(t) the sum over keys
+ * before t, out[j] = P(c0), + total - P(c1) when not causal. */
 static void forward_prepare(const band *g, const float *k, const float *v, float *m, float *X,
                             double *out)
 {
@@ -215,14 +216,20 @@ static void forward_prepare(const band *g, const float *k, const float *v, float
                 for (int64_t c = 0; c < nc; c++) mx[c] = kr[c] > mx[c] ? kr[c] : mx[c];
             }
             for (int64_t c = 0; c < nc; c++) m[b * D + c0 + c] = mx[c];
-            double rn[AFT_GROUP] = {0}, rd[AFT_GROUP] = {0}; /* keys [0, t) */
-            int64_t j = 0;
-            for (int64_t t = 0; t < T; t++) {
-                for (; out && j < nb && query_block(g, j).c0 <= t; j++)
+            double rn[AFT_GROUP] = {0}, rd[AFT_GROUP] = {0}; /* P(t): keys [0, t) */
+            int64_t j0 = 0, j1 = 0; /* the next query blocks whose c0, c1 are still ahead */
+            for (int64_t t = 0; t <= T; t++) {
+                for (; out && j0 < nb && query_block(g, j0).c0 <= t; j0++)
                     for (int64_t c = 0; c < nc; c++) {
-                        out[j * J + col + c] = rn[c];
-                        out[j * J + col + D + c] = rd[c];
+                        out[j0 * J + col + c] = rn[c];
+                        out[j0 * J + col + D + c] = rd[c];
                     }
+                for (; out && !g->causal && j1 < nb && query_block(g, j1).c1 <= t; j1++)
+                    for (int64_t c = 0; c < nc; c++) {
+                        out[j1 * J + col + c] -= rn[c];
+                        out[j1 * J + col + D + c] -= rd[c];
+                    }
+                if (t == T) break;
                 const float *kr = k + (b * T + t) * D + c0, *vr = v + (b * T + t) * D + c0;
                 float *x = X + t * J + col;
 #pragma omp simd
@@ -234,24 +241,11 @@ static void forward_prepare(const band *g, const float *k, const float *v, float
                     rd[c] += e;
                 }
             }
-            if (!out || g->causal) continue;
-            /* not causal: plus the keys from c1(j) on, by a reverse scan */
-            for (int64_t c = 0; c < nc; c++) rn[c] = rd[c] = 0; /* keys (t, T) */
-            j = nb - 1;
-            for (int64_t t = T - 1; t >= -1; t--) {
-                for (; j >= 0 && query_block(g, j).c1 > t; j--)
-                    for (int64_t c = 0; c < nc; c++) {
-                        out[j * J + col + c] += rn[c];
-                        out[j * J + col + D + c] += rd[c];
-                    }
-                if (t < 0) break;
-                const float *x = X + t * J + col;
-#pragma omp simd
+            for (int64_t jb = 0; out && !g->causal && jb < nb; jb++) /* + the total */
                 for (int64_t c = 0; c < nc; c++) {
-                    rn[c] += x[c];
-                    rd[c] += x[D + c];
+                    out[jb * J + col + c] += rn[c];
+                    out[jb * J + col + D + c] += rd[c];
                 }
-            }
         }
 }
 
@@ -401,8 +395,10 @@ typedef struct band_grads {
  * direct_backward), X [T,J] = [E V | -E]; with zout [nb,J] (double), the sum of
  * out_scale[t] Y[t] over the queries outside key block j's query range, all of which see
  * its keys outside their windows: t >= t1(j), and t < t0(j) when not causal. One task per
- * batch item and group of channels, scanning time backwards (aft.h). Returns the count of outputs
- * whose den underflowed. */
+ * batch item and group of channels, scanning time forwards (aft.h; descending streams
+ * prefetch far worse): with P(t) the sum over queries before t, zout[j] = total - P(t1)
+ * (+ P(t0) when not causal), in double. Returns the count of outputs whose den
+ * underflowed. */
 static int64_t backward_prepare(const band *g, const float *q, const float *k, const float *v,
                                 const float *A, const float *lam, const float *G,
                                 const float *osc, float *dq, float *m, float *Y, float *X,
@@ -425,14 +421,21 @@ static int64_t backward_prepare(const band *g, const float *q, const float *k, c
                 }
                 for (int64_t c = 0; c < nc; c++) m[b * D + c0 + c] = mx[c];
             }
-            double r1[AFT_GROUP] = {0}, r2[AFT_GROUP] = {0}; /* queries (t, T) */
-            int64_t j = nb - 1;
-            for (int64_t t = T - 1; t >= 0; t--) {
-                for (; zout && j >= 0 && key_block(g, j).t1 > t; j--)
+            double r1[AFT_GROUP] = {0}, r2[AFT_GROUP] = {0}; /* P(t): queries [0, t) */
+            int64_t j0 = 0, j1 = 0; /* the next key blocks whose t0, t1 are still ahead */
+            for (int64_t t = 0; t <= T; t++) {
+                for (; zout && !g->causal && j0 < nb && key_block(g, j0).t0 <= t; j0++)
                     for (int64_t c = 0; c < nc; c++) {
-                        zout[j * J + col + c] = r1[c];
-                        zout[j * J + col + D + c] = r2[c];
+                        zout[j0 * J + col + c] = r1[c];
+                        zout[j0 * J + col + D + c] = r2[c];
                     }
+                for (; zout && j1 < nb && key_block(g, j1).t1 <= t; j1++)
+                    for (int64_t c = 0; c < nc; c++) {
+                        double *z = zout + j1 * J + col;
+                        z[c] = (g->causal ? 0.0 : z[c]) - r1[c];
+                        z[D + c] = (g->causal ? 0.0 : z[D + c]) - r2[c];
+                    }
+                if (t == T) break;
                 int64_t o = (b * T + t) * D + c0;
                 const float *qr = q + o, *ar = A + o, *gr = G + o, *lr = lam + o;
                 if (!Y) {
@@ -465,30 +468,11 @@ static int64_t backward_prepare(const band *g, const float *q, const float *k, c
                 }
                 flagged += bad;
             }
-            for (; zout && j >= 0; j--)
+            for (int64_t jb = 0; zout && jb < nb; jb++) /* + the total */
                 for (int64_t c = 0; c < nc; c++) {
-                    zout[j * J + col + c] = r1[c];
-                    zout[j * J + col + D + c] = r2[c];
+                    zout[jb * J + col + c] += r1[c];
+                    zout[jb * J + col + D + c] += r2[c];
                 }
-            if (!zout || g->causal) continue;
-            /* not causal: plus the queries before t0(j), by a forward scan */
-            for (int64_t c = 0; c < nc; c++) r1[c] = r2[c] = 0; /* queries [0, t) */
-            j = 0;
-            for (int64_t t = 0; t <= T; t++) {
-                for (; j < nb && key_block(g, j).t0 <= t; j++)
-                    for (int64_t c = 0; c < nc; c++) {
-                        zout[j * J + col + c] += r1[c];
-                        zout[j * J + col + D + c] += r2[c];
-                    }
-                if (t == T) break;
-                const float *y = Y + t * J + col;
-                double sc = osc[t];
-#pragma omp simd
-                for (int64_t c = 0; c < nc; c++) {
-                    r1[c] += sc * y[c];
-                    r2[c] += sc * y[D + c];
-                }
-            }
         }
     return flagged;
 }
