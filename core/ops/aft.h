@@ -69,6 +69,25 @@ static inline float aft_exp(float x)
     return x != x ? x : y;
 }
 
+/* aft_exp for x <= 0 (and -inf, NaN), the arguments -|d| of the scans and the gate: with no
+ * overflow to handle, a few operations fewer per element in the kernels' hottest loops.
+ * The same polynomial, so the same values as aft_exp there. */
+static inline float aft_exp_neg(float x)
+{
+    float xc = x < -87.3365f ? -87.3365f : x;
+    float n = __builtin_rintf(xc * 1.44269504088896341f); /* -126 .. 0 */
+    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    float y = p * aft_bits_to_float((uint32_t)((int32_t)n + 127) << 23);
+    y = x < -87.3365f ? 0.0f : y;
+    return x != x ? x : y;
+}
 static inline float aft_log(float x)
 {
     uint32_t u = aft_float_to_bits(x);
@@ -96,7 +115,7 @@ static inline float aft_log(float x)
 /* sigmoid without overflow for any x; vectorises. */
 static inline float aft_sigmoid(float x)
 {
-    float e = aft_exp(-fabsf(x));
+    float e = aft_exp_neg(-fabsf(x));
     float s = 1.0f / (1.0f + e);
     return x >= 0 ? s : e * s;
 }

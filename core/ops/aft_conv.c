@@ -62,7 +62,7 @@ static float keys_exp(int64_t P, const float *kp, float *E)
 {
     float m = aft_max(kp, P, -INFINITY);
 #pragma omp simd
-    for (int64_t p = 0; p < P; p++) E[p] = aft_exp(kp[p] - m);
+    for (int64_t p = 0; p < P; p++) E[p] = aft_exp_neg(kp[p] - m);
     return m;
 }
 

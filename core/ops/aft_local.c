@@ -156,7 +156,7 @@ static void block_weights(const band *g, const float *w, const float *r, const f
         float after = outside && !g->causal ? osc[t] : 0.0f; /* causal: t' > t, not allowed */
         for (int64_t j = 0; j < lo; j++) p[j] = before;
 #pragma omp simd
-        for (int64_t j = lo; j < hi; j++) p[j] = aft_exp(wr[j] - rt);
+        for (int64_t j = lo; j < hi; j++) p[j] = aft_exp_neg(wr[j] - rt);
         for (int64_t j = hi; j < width; j++) p[j] = after;
     }
 }
@@ -234,7 +234,7 @@ static void forward_prepare(const band *g, const float *k, const float *v, float
                 float *x = X + t * J + col;
 #pragma omp simd
                 for (int64_t c = 0; c < nc; c++) {
-                    float e = aft_exp(kr[c] - mx[c]), ev = e * vr[c];
+                    float e = aft_exp_neg(kr[c] - mx[c]), ev = e * vr[c];
                     x[c] = ev;
                     x[D + c] = e;
                     rn[c] += ev;
@@ -457,7 +457,7 @@ static int64_t backward_prepare(const band *g, const float *q, const float *k, c
                     if (dq) dq[o + c] = gr[c] * ar[c] * s * (1.0f - s);
                     bool ok = lr[c] >= AFT_LOG_TINY;
                     float hn = ok ? gr[c] * s * aft_exp(-lr[c]) : 0.0f;
-                    float e = aft_exp(kr[c] - mx[c]);
+                    float e = aft_exp_neg(kr[c] - mx[c]);
                     y[c] = hn;
                     y[D + c] = hn * ar[c];
                     x[c] = e * vr[c];

@@ -49,7 +49,7 @@ static void simple_forward(const float *q, const float *k, const float *v, int64
                 int64_t o = (b * T + t) * D + c0;
 #pragma omp simd
                 for (int64_t c = 0; c < nc; c++) {
-                    float e = aft_exp(k[o + c] - m[c]);
+                    float e = aft_exp_neg(k[o + c] - m[c]);
                     s[c] += e;
                     n[c] += (double)e * v[o + c];
                 }
@@ -94,7 +94,7 @@ static void simple_backward(const float *q, const float *k, const float *v, cons
                 int64_t o = (b * T + t) * D + c0;
 #pragma omp simd
                 for (int64_t c = 0; c < nc; c++) {
-                    float g = aft_exp(k[o + c] - Lb[c]) * h[c];
+                    float g = aft_exp_neg(k[o + c] - Lb[c]) * h[c];
                     if (dv) dv[o + c] = g;
                     if (dk) dk[o + c] = g * (v[o + c] - ab[c]);
                 }
@@ -124,15 +124,16 @@ static void simple_causal_forward(const float *q, const float *k, const float *v
 #pragma omp simd
                 for (int64_t c = 0; c < nc; c++) {
                     float kt = k[o + c], d = kt - m[c];
-                    float x = aft_exp(-fabsf(d));       /* e^(m - m') or e^(k_t - m') */
-                    bool up = d > 0;                 /* k_t is the new max */
+                    float x = aft_exp_neg(-fabsf(d)); /* e^(m - m') or e^(k_t - m') */
+                    bool up = d > 0; /* k_t is the new max */
                     double decay = up ? x : 1.0f, e = up ? 1.0f : x;
                     m[c] = up ? kt : m[c];
                     n[c] = n[c] * decay + e * v[o + c];
                     s[c] = s[c] * decay + e;
                     /* one division for 1/s and the gate 1/(1 + e^-|q|): r = 1/(s (1 + e^-|q|));
                      * the sums in double, the ratios in float */
-                    float qt = q[o + c], eq = aft_exp(-fabsf(qt)), r = 1.0f / ((float)s[c] * (1.0f + eq));
+                    float qt = q[o + c], eq = aft_exp_neg(-fabsf(qt));
+                    float r = 1.0f / ((float)s[c] * (1.0f + eq));
                     ar[c] = (float)e * (r * (1.0f + eq));
                     yr[c] = (float)n[c] * (qt >= 0 ? r : eq * r);
                 }

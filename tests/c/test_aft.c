@@ -711,14 +711,18 @@ static void test_errors(void)
 
 /* aft_exp and aft_log against libm in double: relative error below 3e-7 over the ranges
  * the kernels use (exp of arguments <= 0 down to the flush at -87.3; log of sums >= 1e-20),
- * and the edge values (measured: below 1e-7 for both). */
+ * and the edge values (measured: below 1e-7 for both). aft_exp_neg equals aft_exp bit for
+ * bit on x <= 0. */
 static void test_exp_log(void)
 {
     double worst_exp = 0, worst_log = 0;
+    int neg_same = 0, neg_points = 200001;
     for (int i = 0; i <= 200000; i++) {
         float x = (float)(-87.3 + 176.0 * i / 200000.0); /* -87.3 .. 88.7 */
         double e = fabs(aft_exp(x) - exp((double)x)) / exp((double)x);
         if (!(e <= worst_exp)) worst_exp = e;
+        if (x <= 0) neg_same += aft_exp_neg(x) == aft_exp(x);
+        else neg_points--;
         float y = (float)pow(10.0, -20 + 60.0 * i / 200000.0); /* 1e-20 .. 1e40 */
         if (isinf(y)) continue;
         double l = fabs(aft_log(y) - log((double)y)) / fmax(1.0, fabs(log((double)y)));
@@ -728,6 +732,9 @@ static void test_exp_log(void)
         fprintf(stderr, "aft_exp error %g, aft_log error %g\n", worst_exp, worst_log);
     CHECK(worst_exp < 3e-7 && worst_log < 3e-7);
     CHECK(aft_exp(-88.0f) == 0.0f && aft_exp(-INFINITY) == 0.0f && aft_exp(0.0f) == 1.0f);
+    CHECK(neg_same == neg_points);
+    CHECK(aft_exp_neg(-88.0f) == 0.0f && aft_exp_neg(-INFINITY) == 0.0f);
+    CHECK(aft_exp_neg(0.0f) == 1.0f && aft_exp_neg(-0.0f) == 1.0f && isnan(aft_exp_neg(NAN)));
     CHECK(isinf(aft_exp(89.0f)) && isinf(aft_exp(INFINITY)) && isnan(aft_exp(NAN)));
     CHECK(aft_log(1.0f) == 0.0f);
     CHECK(aft_sigmoid(-200.0f) == 0.0f && aft_sigmoid(200.0f) == 1.0f && aft_sigmoid(0.0f) == 0.5f);
