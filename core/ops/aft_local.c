@@ -31,6 +31,7 @@
  * sums) and dw per block of queries, so every block owns its rows.
  */
 #include "aft.h"
+#include "stream_store.h"
 
 #include <omp.h>
 
@@ -551,6 +552,8 @@ static xt_status band_backward_kernel(const band *g, const float *q,
         }
     }
     if (need_w) {
+        /* dw's zeros (all of it but the band) go around the caches when it is big */
+        bool stream_dw = xt_streams(T * T * (int64_t)sizeof(float));
         /* dw[t0:t1, c0:c1] = P_blk * (Y[t0:t1] [E V | -E][c0:c1]^T) per query block (the
          * window only: the bias outside it is the constant 0); the rest of the rows 0 */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (parallel_blocks)
@@ -560,9 +563,15 @@ static xt_status band_backward_kernel(const band *g, const float *q,
             int64_t tn = b.t1 - b.t0, width = g->s > 0 ? b.c1 - b.c0 : 0;
             for (int64_t t = b.t0; t < b.t1; t++) {
                 float *row = d.dw + t * T;
-                memset(row, 0, sizeof(float) * (size_t)(width > 0 ? b.c0 : T));
-                if (width > 0) memset(row + b.c1, 0, sizeof(float) * (size_t)(T - b.c1));
+                if (stream_dw) {
+                    xt_store_zeros(row, width > 0 ? b.c0 : T);
+                    if (width > 0) xt_store_zeros(row + b.c1, T - b.c1);
+                } else {
+                    memset(row, 0, sizeof(float) * (size_t)(width > 0 ? b.c0 : T));
+                    if (width > 0) memset(row + b.c1, 0, sizeof(float) * (size_t)(T - b.c1));
+                }
             }
+            if (stream_dw) xt_store_fence();
             if (width == 0) continue;
             float *dw0 = d.dw + b.t0 * T + b.c0;
             block_weights(g, w, r, osc, false, b, Pt);

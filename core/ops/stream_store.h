@@ -52,6 +52,19 @@ static inline void xt_store_row(float *dst, const float *src, int64_t n)
     if (i < n) memcpy(dst + i, src + i, (size_t)(n - i) * sizeof *dst);
 }
 
+/* dst[0..n) = 0, around the caches where the machine can. */
+static inline void xt_store_zeros(float *dst, int64_t n)
+{
+    int64_t i = 0;
+#ifdef XT_STREAM_ONE
+    static const float zeros[XT_STREAM_LANES];
+    const uintptr_t align = XT_STREAM_LANES * sizeof(float);
+    for (; i < n && ((uintptr_t)(dst + i) & (align - 1)) != 0; i++) dst[i] = 0.0f;
+    for (; i + XT_STREAM_LANES <= n; i += XT_STREAM_LANES) XT_STREAM_ONE(dst + i, zeros);
+#endif
+    if (i < n) memset(dst + i, 0, (size_t)(n - i) * sizeof *dst);
+}
+
 /* Orders a thread's streaming stores before what follows (the end of a parallel region). */
 static inline void xt_store_fence(void)
 {

@@ -18,6 +18,7 @@
 
 #include "check.h"
 #include "ops/aft.h"
+#include "ops/stream_store.h"
 #include "testlib.h"
 
 enum { SEED = 4242 };
@@ -740,6 +741,32 @@ static void test_exp_log(void)
     CHECK(aft_sigmoid(-200.0f) == 0.0f && aft_sigmoid(200.0f) == 1.0f && aft_sigmoid(0.0f) == 0.5f);
 }
 
+/* xt_store_row and xt_store_zeros write exactly dst[0..n), whatever dst's alignment and n
+ * (the head before an aligned line, whole vectors, the tail), and nothing around it. */
+static void test_stream_store(void)
+{
+    enum { CAP = 256 };
+    float src[CAP], dst[CAP + 64] __attribute__((aligned(64)));
+    for (int i = 0; i < CAP; i++) src[i] = (float)(i + 1);
+    int bad = 0;
+    for (int off = 0; off < 17; off++)
+        for (int n = 0; n <= 100; n += n < 40 ? 1 : 13) {
+            for (int zeros = 0; zeros < 2; zeros++) {
+                for (int i = 0; i < CAP + 64; i++) dst[i] = -1.0f;
+                if (zeros) xt_store_zeros(dst + off, n);
+                else xt_store_row(dst + off, src, n);
+                xt_store_fence();
+                for (int i = 0; i < CAP + 64; i++) {
+                    bool inside = i >= off && i < off + n;
+                    float want = !inside ? -1.0f : zeros ? 0.0f : src[i - off];
+                    bad += dst[i] != want;
+                }
+            }
+        }
+    CHECK(bad == 0);
+    CHECK(xt_streams(XT_STREAM_BYTES + 1) && !xt_streams(XT_STREAM_BYTES));
+}
+
 /* ---- PyTorch fixtures ------------------------------------------------------------------ */
 
 static void check_fixture(const char *name, int kind, int64_t window, int causal)
@@ -814,6 +841,7 @@ int main(void)
     test_strided();
     test_errors();
     test_exp_log();
+    test_stream_store();
     test_fixtures();
     return check_report("test_aft");
 }
