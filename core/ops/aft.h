@@ -49,18 +49,24 @@ static inline uint32_t aft_float_to_bits(float f)
     return u;
 }
 
-static inline float aft_exp(float x)
+/* e^r for x = n ln 2 + r, |r| <= ln 2 / 2, with n = rint(x / ln 2) (x - n ln 2 in two parts) */
+static inline float aft_exp_reduced(float x, float n)
 {
-    float xc = x < -87.3365f ? -87.3365f : x > 88.7228f ? 88.7228f : x;
-    float n = __builtin_rintf(xc * 1.44269504088896341f); /* -126 .. 128 */
-    float r = xc - n * 0.693359375f + n * 2.12194440e-4f; /* x - n ln 2, in two parts */
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    return p * r * r + r + 1.0f;
+}
+
+static inline float aft_exp(float x)
+{
+    float xc = x < -87.3365f ? -87.3365f : x > 88.7228f ? 88.7228f : x;
+    float n = __builtin_rintf(xc * 1.44269504088896341f); /* -126 .. 128 */
+    float p = aft_exp_reduced(xc, n);
     float top = n > 127.0f ? 2.0f : 1.0f; /* 2^128 is out of range: 2^127 * 2 */
     float n1 = n > 127.0f ? 127.0f : n;
     float y = p * top * aft_bits_to_float((uint32_t)((int32_t)n1 + 127) << 23);
@@ -76,18 +82,11 @@ static inline float aft_exp_neg(float x)
 {
     float xc = x < -87.3365f ? -87.3365f : x;
     float n = __builtin_rintf(xc * 1.44269504088896341f); /* -126 .. 0 */
-    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    float y = p * aft_bits_to_float((uint32_t)((int32_t)n + 127) << 23);
+    float y = aft_exp_reduced(xc, n) * aft_bits_to_float((uint32_t)((int32_t)n + 127) << 23);
     y = x < -87.3365f ? 0.0f : y;
     return x != x ? x : y;
 }
+
 static inline float aft_log(float x)
 {
     uint32_t u = aft_float_to_bits(x);
