@@ -402,6 +402,7 @@ static void conv_forward_head(const conv_geom *g, const float *kern, const float
         for (int64_t p = 0; p < P; p++) yr[p] = invd[p] > 0 ? sq[p] * (t[p] * invd[p]) : 0.0f;
         if (stream) xt_store_row(yc, t, P);
     }
+    if (stream) xt_store_fence(); /* before the fix-ups below write over the streamed rows */
     if (flagged == 0) return;
     for (int64_t p = 0; p < P; p++) {
         if (invd[p] > 0) continue;
@@ -459,7 +460,6 @@ static xt_status conv_forward(const conv_geom *g, const float *q, const float *k
         conv_forward_head(g, cw.kern + i * kn, q + off, k + task * g->P, v + off, w + i * g->kk,
                           y + off, lam + task * g->P, stream, cw.scratch + tid * nf,
                           cw.dscratch + tid * nd);
-        if (stream) xt_store_fence();
     }
     aft_release(3, cw.hold);
     return XT_OK;
@@ -567,6 +567,7 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
             dw[d] += acc;
         }
     }
+    if (stream) xt_store_fence(); /* before the fix-ups below write over the streamed rows */
     if (flagged == 0) return;
     /* direct sums for the outputs whose den underflowed, added to dv and dk as made above
      * (every position of them written there): alpha = exp(k + w' - L) */
@@ -611,7 +612,6 @@ static xt_status conv_backward(const conv_geom *g, const float *q, const float *
                            d.dw ? d.dw + task * g->kk : NULL, stream,
                            cw.scratch + omp_get_thread_num() * nf,
                            cw.dscratch + omp_get_thread_num() * nd);
-        if (stream) xt_store_fence();
     }
     aft_release(3, cw.hold);
     return XT_OK;
