@@ -18,7 +18,7 @@
  * the block's keys outside it (so the GEMM also sums the outside keys near the window);
  * the outside keys beyond the block's key range are one running sum per block, taken (in
  * double) in the pass that makes the stack, which starts the block's rows. Blocks run on
- * different threads, and each turns its rows of sums into y, A and log(den) while they
+ * different threads, and each turns its rows of sums into y and log(den) while they
  * are in cache. Memory: the stack [T,J] and a [Tb,J] block and P_blk per thread; nothing
  * T x T besides w and its gradient.
  *
@@ -26,6 +26,7 @@
  *   Y2 = [Hn | Hn A] stacked like the forward; Z = P'^T Y2 with P' every weight
  *   exp(w' - r); U, W2 its two halves;
  *   dV = E U,   dK = E (V U - W2),   dq = G A sigmoid(q) (1 - sigmoid(q)),
+ * where Hn A = G y / den and dq = G y (1 - sigmoid(q)): the forward saves y, not A.
  *   dw[t,t'] = P[t,t'] (Y2[t] . [E V | -E][t'])  on the window (one GEMM per block).
  * Z is made per block of keys (the queries near them by a GEMM, the others by running
  * sums) and dw per block of queries, so every block owns its rows.
@@ -250,11 +251,11 @@ static void forward_prepare(const band *g, const float *k, const float *v, float
         }
 }
 
-/* Rows [t0, t1) of the outputs from the block's sums nd [t1 - t0, J]: A = num / den,
- * y = sigmoid(q) A, lam = log(den). Returns the count of outputs whose den underflowed
- * (A = 0, lam = -inf, left to direct_output). */
+/* Rows [t0, t1) of the outputs from the block's sums nd [t1 - t0, J]: y = sigmoid(q) A
+ * with A = num / den, lam = log(den). Returns the count of outputs whose den underflowed
+ * (y = 0, lam = -inf, left to direct_output). */
 static int64_t block_outputs(const band *g, const float *q, const float *nd, int64_t t0,
-                             int64_t t1, float *y, float *A, float *lam)
+                             int64_t t1, float *y, float *lam)
 {
     int64_t T = g->T, D = g->D, J = g->J, flagged = 0;
     for (int64_t b = 0; b < g->B; b++)
@@ -267,7 +268,6 @@ static int64_t block_outputs(const band *g, const float *q, const float *nd, int
                 float den = num[D + c];
                 bool ok = den >= AFT_TINY;
                 float a = ok ? num[c] / den : 0.0f;
-                A[o + c] = a;
                 lam[o + c] = ok ? aft_log(den) : -INFINITY;
                 y[o + c] = aft_sigmoid(q[o + c]) * a;
                 bad += !ok;
@@ -277,9 +277,9 @@ static int64_t block_outputs(const band *g, const float *q, const float *nd, int
     return flagged;
 }
 
-/* Writes y, A (the normalised context) and lam = log(den) relative to the offsets. */
+/* Writes y and lam = log(den) relative to the offsets. */
 static xt_status band_forward(const band *g, const float *q, const float *k,
-                              const float *v, const float *w, float *y, float *A, float *lam)
+                              const float *v, const float *w, float *y, float *lam)
 {
     int64_t B = g->B, T = g->T, D = g->D, J = g->J, nb = block_count(g);
     bool outside = any_outside(g);
@@ -324,7 +324,7 @@ static xt_status band_forward(const band *g, const float *q, const float *k,
         } else if (!outside) {
             memset(nd, 0, sizeof(float) * (size_t)(tn * J));
         }
-        flagged += block_outputs(g, q, nd, b.t0, b.t1, y, A, lam);
+        flagged += block_outputs(g, q, nd, b.t0, b.t1, y, lam);
     }
     if (flagged > 0) {
 #pragma omp parallel for schedule(dynamic, 1)
@@ -333,8 +333,8 @@ static xt_status band_forward(const band *g, const float *q, const float *k,
                 for (int64_t c = 0; c < D; c++) {
                     int64_t o = (b * T + t) * D + c;
                     if (lam[o] != -INFINITY) continue;
-                    A[o] = direct_output(g, k, v, w, b, t, c, m[b * D + c], r[t], &lam[o]);
-                    y[o] = aft_sigmoid(q[o]) * A[o];
+                    float a = direct_output(g, k, v, w, b, t, c, m[b * D + c], r[t], &lam[o]);
+                    y[o] = aft_sigmoid(q[o]) * a;
                 }
     }
     aft_release(7, hold);
@@ -344,9 +344,10 @@ static xt_status band_forward(const band *g, const float *q, const float *k,
 /* ---- backward ------------------------------------------------------------------------- */
 
 /* Gradients of the outputs whose den underflowed (lam < AFT_LOG_TINY), by direct sums:
- * alpha = exp(k[t'] + w'[t,t'] - L) with L the exact log-normaliser. */
+ * alpha = exp(k[t'] + w'[t,t'] - L) with L the exact log-normaliser; H alpha (V - A) =
+ * alpha (H V - G y). */
 static void direct_backward(const band *g, const float *q, const float *k, const float *v,
-                            const float *w, const float *A, const float *lam, const float *G,
+                            const float *w, const float *y, const float *lam, const float *G,
                             const float *m, const float *r, float *dk, float *dv, float *dw)
 {
     int64_t B = g->B, T = g->T, D = g->D;
@@ -360,12 +361,12 @@ static void direct_backward(const band *g, const float *q, const float *k, const
                     int64_t o = base + t * D;
                     if (!(lam[o] < AFT_LOG_TINY)) continue;
                     float L = lam[o] + m[b * D + c] + r[t];
-                    float h = G[o] * aft_sigmoid(q[o]), a = A[o];
+                    float h = G[o] * aft_sigmoid(q[o]), gy = G[o] * y[o];
                     for (int64_t tk = 0; tk < allowed_end(g, t); tk++) {
                         int64_t ok = base + tk * D;
-                        float gg = h * expf(k[ok] + bias_at(g, w, t, tk) - L);
-                        if (dv) dv[ok] += gg;
-                        if (dk) dk[ok] += gg * (v[ok] - a);
+                        float alpha = expf(k[ok] + bias_at(g, w, t, tk) - L);
+                        if (dv) dv[ok] += h * alpha;
+                        if (dk) dk[ok] += alpha * (h * v[ok] - gy);
                     }
                 }
             }
@@ -379,10 +380,10 @@ static void direct_backward(const band *g, const float *q, const float *k, const
                     int64_t o = (b * T + t) * D + c;
                     if (!(lam[o] < AFT_LOG_TINY)) continue;
                     float L = lam[o] + m[b * D + c] + r[t];
-                    float h = G[o] * aft_sigmoid(q[o]), a = A[o];
+                    float h = G[o] * aft_sigmoid(q[o]), gy = G[o] * y[o];
                     for (int64_t tk = win_lo(g, t); tk < win_hi(g, t); tk++) {
                         int64_t ok = (b * T + tk) * D + c;
-                        dw[t * T + tk] += h * expf(k[ok] + w[t * T + tk] - L) * (v[ok] - a);
+                        dw[t * T + tk] += expf(k[ok] + w[t * T + tk] - L) * (h * v[ok] - gy);
                     }
                 }
     }
@@ -401,7 +402,7 @@ typedef struct band_grads {
  * (+ P(t0) when not causal), in double. Returns the count of outputs whose den
  * underflowed. */
 static int64_t backward_prepare(const band *g, const float *q, const float *k, const float *v,
-                                const float *A, const float *lam, const float *G,
+                                const float *yo, const float *lam, const float *G,
                                 const float *osc, float *dq, float *m, float *Y, float *X,
                                 double *zout)
 {
@@ -438,14 +439,12 @@ static int64_t backward_prepare(const band *g, const float *q, const float *k, c
                     }
                 if (t == T) break;
                 int64_t o = (b * T + t) * D + c0;
-                const float *qr = q + o, *ar = A + o, *gr = G + o, *lr = lam + o;
+                const float *qr = q + o, *yr = yo + o, *gr = G + o, *lr = lam + o;
                 if (!Y) {
                     if (!dq) continue;
 #pragma omp simd
-                    for (int64_t c = 0; c < nc; c++) {
-                        float s = aft_sigmoid(qr[c]);
-                        dq[o + c] = gr[c] * ar[c] * s * (1.0f - s);
-                    }
+                    for (int64_t c = 0; c < nc; c++)
+                        dq[o + c] = gr[c] * yr[c] * (1.0f - aft_sigmoid(qr[c]));
                     continue;
                 }
                 const float *kr = k + o, *vr = v + o;
@@ -454,17 +453,18 @@ static int64_t backward_prepare(const band *g, const float *q, const float *k, c
                 int64_t bad = 0;
 #pragma omp simd reduction(+ : bad)
                 for (int64_t c = 0; c < nc; c++) {
-                    float s = aft_sigmoid(qr[c]);
-                    if (dq) dq[o + c] = gr[c] * ar[c] * s * (1.0f - s);
+                    float s = aft_sigmoid(qr[c]), gy = gr[c] * yr[c];
+                    if (dq) dq[o + c] = gy * (1.0f - s);
                     bool ok = lr[c] >= AFT_LOG_TINY;
-                    float hn = ok ? gr[c] * s * aft_exp(-lr[c]) : 0.0f;
+                    float inv = ok ? aft_exp(-lr[c]) : 0.0f; /* 1 / den */
+                    float hn = gr[c] * s * inv, hna = gy * inv;
                     float e = aft_exp_neg(kr[c] - mx[c]);
                     y[c] = hn;
-                    y[D + c] = hn * ar[c];
+                    y[D + c] = hna;
                     x[c] = e * vr[c];
                     x[D + c] = -e;
                     r1[c] += sc * hn;
-                    r2[c] += sc * (hn * ar[c]);
+                    r2[c] += sc * hna;
                     bad += !ok;
                 }
                 flagged += bad;
@@ -500,7 +500,7 @@ static void block_key_grads(const band *g, const float *X, const float *z, int64
 
 static xt_status band_backward_kernel(const band *g, const float *q,
                                       const float *k, const float *v, const float *w,
-                                      const float *A, const float *lam, const float *G,
+                                      const float *y, const float *lam, const float *G,
                                       band_grads d)
 {
     int64_t B = g->B, T = g->T, D = g->D, J = g->J, nb = block_count(g);
@@ -522,7 +522,7 @@ static xt_status band_backward_kernel(const band *g, const float *q,
         return xt_last_status();
     }
     row_offsets(g, w, r, osc);
-    int64_t flagged = backward_prepare(g, q, k, v, A, lam, G, osc, d.dq, m, Y, X, zout);
+    int64_t flagged = backward_prepare(g, q, k, v, y, lam, G, osc, d.dq, m, Y, X, zout);
     bool parallel_blocks = nb > 1 && T * J > XT_PARALLEL_GRAIN;
 
     if (need_kv) {
@@ -585,12 +585,12 @@ static xt_status band_backward_kernel(const band *g, const float *q,
             }
         }
     }
-    if (flagged > 0) direct_backward(g, q, k, v, w, A, lam, G, m, r, d.dk, d.dv, d.dw);
+    if (flagged > 0) direct_backward(g, q, k, v, w, y, lam, G, m, r, d.dk, d.dv, d.dw);
     aft_release(8, hold);
     return XT_OK;
 }
 
-/* saved: 0 q, 1 k, 2 v, 3 w (contiguous), 4 A, 5 lam. iargs: 0 window, 1 causal. */
+/* saved: 0 q, 1 k, 2 v, 3 w (contiguous), 4 y, 5 lam. iargs: 0 window, 1 causal. */
 static xt_status aft_bias_backward(xt_node *node, xt_tensor *dout, xt_tensor **dinputs)
 {
     xt_tensor *s[6];
@@ -643,12 +643,11 @@ xt_tensor *aft_bias_attention(const char *op, xt_tensor *q, xt_tensor *k, xt_ten
     g.tb = rows_per_block(T, g.s, g.causal);
 
     xt_tensor *qc = aft_dense(q), *kc = aft_dense(k), *vc = aft_dense(v), *wc = aft_dense(w);
-    xt_tensor *y = xt_empty(3, q->shape, XT_FLOAT32), *A = xt_empty(3, q->shape, XT_FLOAT32);
-    xt_tensor *lam = xt_empty(3, q->shape, XT_FLOAT32);
-    xt_tensor *all[7] = {qc, kc, vc, wc, A, lam, y};
-    bool ok = qc && kc && vc && wc && y && A && lam &&
-              band_forward(&g, qc->data, kc->data, vc->data, wc->data, y->data, A->data,
-                           lam->data) == XT_OK;
+    xt_tensor *y = xt_empty(3, q->shape, XT_FLOAT32), *lam = xt_empty(3, q->shape, XT_FLOAT32);
+    xt_tensor *all[6] = {qc, kc, vc, wc, y, lam};
+    bool ok = qc && kc && vc && wc && y && lam &&
+              band_forward(&g, qc->data, kc->data, vc->data, wc->data, y->data, lam->data) ==
+                  XT_OK;
     xt_tensor *inputs[4] = {q, k, v, w};
     if (ok && xt_needs_grad(4, inputs)) {
         xt_node *node = xt_node_new(op, aft_bias_backward, 4, inputs);
@@ -663,10 +662,11 @@ xt_tensor *aft_bias_attention(const char *op, xt_tensor *q, xt_tensor *k, xt_ten
         }
     }
     if (!ok) {
-        aft_release(7, all);
+        aft_release(6, all);
         return NULL;
     }
-    aft_release(6, all);
+    aft_release(4, all); /* qc kc vc wc; lam below; y to the caller */
+    xt_tensor_release(lam);
     return y;
 }
 
