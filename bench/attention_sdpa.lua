@@ -10,8 +10,9 @@
 -- softmax, matmul (torch 1.13), and torch.nn.MultiheadAttention for the module. Ratio =
 -- torch time / xt time (> 1: xt is faster). GFLOP/s counts the useful work only: half of
 -- the score matrix when causal, forward 4*T*S*d per head, backward 2.5x the forward, and
--- 2*T*D*D per projection (x3 with its backward). The machine's SGEMM peak is about
--- 145 GFLOP/s on 2 threads (bench/run.lua's matmul case measures it).
+-- 2*T*D*D per projection (x3 with its backward). Compare with the machine's SGEMM peak on
+-- 2 threads (bench/run.lua's matmul case measures it; 145 to 206 GFLOP/s on the machines
+-- this project has run on).
 --
 -- Memory (run it alone, in a fresh process): peak resident memory of one fwd+bwd at B = 1,
 -- one head, counted in buffers of T*d floats; inputs and the upstream gradient are made
