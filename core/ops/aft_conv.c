@@ -153,20 +153,6 @@ static inline int64_t block_start(const plane_blocks *pb, int64_t b)
     return b * pb->base + (b < pb->extra ? b : pb->extra);
 }
 
-/* Asks for n floats at x to be brought into cache (the next channel's planes, while this
- * one's window sums run: short bursts of streaming reads that the hardware prefetcher
- * picks up late). */
-static inline void prefetch_floats(const float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i, 0, 3);
-}
-
-/* The same for n floats about to be written (their lines fetched for ownership early). */
-static inline void prefetch_out(float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i, 1, 3);
-}
-
 /* n floats from src to dst (not overlapping), in chunks of 8 (or 4) with the last one
  * ending at n, overlapping the one before: no scalar tail for rows of 7 or 14. */
 static inline void copy_row(float *dst, const float *src, int64_t n)
@@ -381,9 +367,9 @@ static void conv_forward_head(const conv_geom *g, const float *kern, const float
         const float *vc = v + c * P, *qc = q + c * P;
         float *yc = y + c * P;
         if (c + 1 < cg) {
-            prefetch_floats(vc + P, P);
-            prefetch_floats(qc + P, P);
-            if (!stream) prefetch_out(yc + P, P);
+            aft_prefetch(vc + P, P);
+            aft_prefetch(qc + P, P);
+            if (!stream) aft_prefetch_out(yc + P, P);
         }
         double total = 0;
 #pragma omp simd reduction(+ : total)
@@ -504,12 +490,12 @@ static void conv_backward_head(const conv_geom *g, const float *kern, const floa
         const float *qc = q + c * P, *gc = G + c * P, *yc = y + c * P, *vc = v + c * P;
         float *dqc = dq ? dq + c * P : NULL;
         if (c + 1 < cg) {
-            prefetch_floats(qc + P, P);
-            prefetch_floats(gc + P, P);
-            prefetch_floats(yc + P, P);
-            prefetch_floats(vc + P, P);
-            if (dqc && !stream) prefetch_out(dqc + P, P);
-            if (dv && !stream) prefetch_out(dv + (c + 1) * P, P);
+            aft_prefetch(qc + P, P);
+            aft_prefetch(gc + P, P);
+            aft_prefetch(yc + P, P);
+            aft_prefetch(vc + P, P);
+            if (dqc && !stream) aft_prefetch_out(dqc + P, P);
+            if (dv && !stream) aft_prefetch_out(dv + (c + 1) * P, P);
         }
         float *dqr = stream || !dqc ? dq_plane : dqc;
 #pragma omp simd

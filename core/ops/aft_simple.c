@@ -193,10 +193,8 @@ static void simple_causal_backward(const float *q, const float *v, const float *
                             dqr[c] = gy[i + c] * (1.0f - sg);
                         }
                         if (stream && dq) xt_store_row(dq + o, dq_row, nc);
-                        for (int64_t c = 0; c < nc; c += 16) { /* what the scan reads next */
-                            __builtin_prefetch(alpha + o + c);
-                            __builtin_prefetch(v + o + c);
-                        }
+                        aft_prefetch(alpha + o, nc); /* what the scan reads next */
+                        aft_prefetch(v + o, nc);
                     }
                     for (int64_t t = t1 - 1; t >= t0; t--) { /* descending: the scan */
                         int64_t o = (b * T + t) * D + c0, i = (t - t0) * nc;
