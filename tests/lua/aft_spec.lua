@@ -8,6 +8,20 @@ local gradcheck = xt.autograd.gradcheck
 
 local function max_diff(a, b) return (a - b):abs():amax():item() end
 
+-- An op run on a part of its inputs (channels, batch items) against the same part of the
+-- whole run: its values, and the gradients of its first n inputs (none where not needs[i]).
+local function check_part(y, x, ys, xs, part, needs, n, where)
+    assert.is_true(max_diff(part(y), ys) < 1e-6, 'values differ ' .. where)
+    for i = 1, n do
+        if needs[i] then
+            local d = max_diff(part(x[i].grad), xs[i].grad)
+            assert.is_true(d < 1e-5, 'gradient ' .. i .. ' differs by ' .. d)
+        else
+            assert.is_nil(x[i].grad)
+        end
+    end
+end
+
 local function error_of(fn, ...)
     local ok, err = pcall(fn, ...)
     assert.is_false(ok, 'expected an error')
@@ -137,15 +151,7 @@ describe('F.aft_full, F.aft_local, F.aft_simple', function()
             for c0 = 1, D, width do
                 local function part(t) return t:narrow(3, c0, width):contiguous() end
                 local ys, xs = run(part(q), part(k), part(v), part(dout))
-                assert.is_true(max_diff(part(y), ys) < 1e-6, 'values differ at channel ' .. c0)
-                for i = 1, 3 do
-                    if needs[i] then
-                        local d = max_diff(part(x[i].grad), xs[i].grad)
-                        assert.is_true(d < 1e-5, 'gradient ' .. i .. ' differs by ' .. d)
-                    else
-                        assert.is_nil(x[i].grad)
-                    end
-                end
+                check_part(y, x, ys, xs, part, needs, 3, 'at channel ' .. c0)
             end
         end
     end)
@@ -221,15 +227,7 @@ describe('F.aft_conv', function()
             for b = 1, B do
                 local function item(t) return t:narrow(1, b, 1):contiguous() end
                 local yb, xb = run(item(q), item(k), item(v), w, item(dout))
-                assert.is_true(max_diff(item(y), yb) < 1e-6, 'values differ for item ' .. b)
-                for i = 1, 3 do
-                    if needs[i] then
-                        local d = max_diff(item(x[i].grad), xb[i].grad)
-                        assert.is_true(d < 1e-5, 'gradient ' .. i .. ' differs by ' .. d)
-                    else
-                        assert.is_nil(x[i].grad)
-                    end
-                end
+                check_part(y, x, yb, xb, item, needs, 3, 'for item ' .. b)
                 if needs[4] then dw = dw + xb[4].grad end
             end
             if needs[4] then
